@@ -1,0 +1,460 @@
+"""Buses: each owns one physical line or connection.
+
+A bus opens its line with backoff, serialises every request on it (an RS-485 line is
+half-duplex; one TCP connection carries one transaction at a time with our stacks), keeps
+the per-line pause between requests, and hands drivers a :class:`~swm_edge.driver.ModbusTransport`.
+When the line fails (USB adapter unplugged, TCP reset) the bus closes it and reopens it in
+the background with exponential backoff and jitter; meanwhile reads fail fast with
+``connection`` so devices get bad readings instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import tenacity
+
+from swm_edge.driver import (
+    ConnectionLost,
+    CrcError,
+    DecodeError,
+    DeviceException,
+    DeviceTimeout,
+    ModbusTransport,
+    ReadError,
+)
+from swm_edge.model import BusSpec, Table
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# After a timeout on a serial line a late answer may still be on its way; waiting this
+# long (and discarding what arrives) keeps it from being taken as the next answer.
+SERIAL_QUIET_AFTER_TIMEOUT = 0.05
+
+
+class ModbusLine(ABC):
+    """A Modbus stack bound to one line. Raises only :class:`ReadError` subclasses."""
+
+    def __init__(self, spec: BusSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Open the line; raise :class:`ConnectionLost` when it cannot be opened."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the line; safe to call twice."""
+
+    @property
+    @abstractmethod
+    def is_open(self) -> bool:
+        """Whether the line is usable right now."""
+
+    @abstractmethod
+    async def read_registers(
+        self, unit: int, table: Table, address: int, count: int, *, timeout: float
+    ) -> list[int]:
+        """Read registers (function 3 or 4)."""
+
+    @abstractmethod
+    async def read_bits(
+        self, unit: int, table: Table, address: int, count: int, *, timeout: float
+    ) -> list[bool]:
+        """Read bits (function 1 or 2)."""
+
+
+class PymodbusLine(ModbusLine):
+    """pymodbus' asyncio client, Modbus TCP or RTU over a serial port."""
+
+    def __init__(self, spec: BusSpec) -> None:
+        super().__init__(spec)
+        self._client: Any = None
+        self._rx_bytes = 0
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        # Counting what arrived tells a silent device (timeout) from one whose answer
+        # was unusable (bad CRC, garbage), which pymodbus' framer drops without a word.
+        if not sending:
+            self._rx_bytes += len(data)
+        return data
+
+    def _make_client(self) -> Any:
+        from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+
+        common: dict[str, Any] = {
+            "timeout": self.spec.timeout,
+            "retries": 0,  # the scheduler owns retries
+            "reconnect_delay": 0,  # the bus owns reconnects (with jitter)
+            "trace_packet": self._trace_packet,
+        }
+        if self.spec.type == "modbus-tcp":
+            return AsyncModbusTcpClient(self.spec.host or "", port=self.spec.tcp_port, **common)
+        return AsyncModbusSerialClient(
+            self.spec.port or "",
+            baudrate=self.spec.baudrate,
+            parity=self.spec.parity,
+            stopbits=self.spec.stopbits,
+            bytesize=self.spec.bytesize,
+            **common,
+        )
+
+    async def open(self) -> None:
+        await self.close()
+        if self.spec.type == "modbus-rtu" and not os.path.exists(self.spec.port or ""):
+            raise ConnectionLost(f"serial port {self.spec.port} is not present")
+        client = self._make_client()
+        try:
+            ok = await client.connect()
+        except Exception as exc:  # pymodbus surfaces OS and serial errors untyped here
+            client.close()
+            raise ConnectionLost(f"cannot open {self._where()}: {exc}") from exc
+        if not ok:
+            client.close()
+            raise ConnectionLost(f"cannot open {self._where()}")
+        self._client = client
+
+    def _where(self) -> str:
+        if self.spec.type == "modbus-tcp":
+            return f"{self.spec.host}:{self.spec.tcp_port}"
+        return str(self.spec.port)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None and bool(self._client.connected)
+
+    async def _call(self, fn: Callable[..., Any], address: int, count: int, unit: int,
+                    timeout: float) -> Any:
+        from pymodbus.exceptions import ConnectionException, ModbusException
+
+        client = self._client
+        if client is None or not client.connected:
+            raise ConnectionLost(f"{self._where()} is not open")
+        # One transaction at a time per line (the bus lock), so setting the stack's
+        # timeout per request is safe and gives each device its own timeout.
+        client.ctx.comm_params.timeout_connect = timeout
+        self._rx_bytes = 0
+        try:
+            response = await fn(address, count=count, device_id=unit)
+        except ConnectionException as exc:
+            raise ConnectionLost(str(exc)) from exc
+        except ModbusException as exc:
+            if not client.connected:
+                raise ConnectionLost(str(exc)) from exc
+            if "device id" in str(exc):
+                raise CrcError(f"answer from the wrong unit: {exc}") from exc
+            if self._rx_bytes:
+                raise CrcError(f"{self._rx_bytes} bytes arrived but no valid frame") from exc
+            raise DeviceTimeout(f"no answer from unit {unit} within {timeout:g} s") from exc
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ConnectionLost(str(exc)) from exc
+        if response.isError():
+            raise DeviceException(int(response.exception_code))
+        return response
+
+    async def read_registers(
+        self, unit: int, table: Table, address: int, count: int, *, timeout: float
+    ) -> list[int]:
+        client = self._client
+        fn = (
+            client.read_holding_registers
+            if table is Table.HOLDING
+            else client.read_input_registers
+        ) if client is not None else None
+        if fn is None:
+            raise ConnectionLost(f"{self._where()} is not open")
+        response = await self._call(fn, address, count, unit, timeout)
+        words = list(response.registers)
+        if len(words) != count:
+            raise DecodeError(f"asked for {count} registers, got {len(words)}")
+        return words
+
+    async def read_bits(
+        self, unit: int, table: Table, address: int, count: int, *, timeout: float
+    ) -> list[bool]:
+        client = self._client
+        if client is None:
+            raise ConnectionLost(f"{self._where()} is not open")
+        fn = client.read_coils if table is Table.COIL else client.read_discrete_inputs
+        response = await self._call(fn, address, count, unit, timeout)
+        bits = [bool(b) for b in response.bits]
+        if len(bits) < count:
+            raise DecodeError(f"asked for {count} bits, got {len(bits)}")
+        return bits[:count]
+
+
+# minimalmodbus reports exception responses by message; map them back to their codes.
+_MINIMALMODBUS_CODES = {
+    "illegal function": 1,
+    "illegal data address": 2,
+    "illegal data value": 3,
+    "device failure": 4,
+    "device busy": 6,
+    "negative acknowledge": 7,
+    "memory parity": 8,
+    "gateway path": 10,
+    "gateway target": 11,
+}
+
+
+def _minimalmodbus_exception_code(message: str) -> int:
+    lower = message.lower()
+    for text, code in _MINIMALMODBUS_CODES.items():
+        if text in lower:
+            return code
+    tail = lower.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 4
+
+
+class MinimalmodbusLine(ModbusLine):
+    """minimalmodbus (synchronous RTU) run in one worker thread per line."""
+
+    def __init__(self, spec: BusSpec) -> None:
+        super().__init__(spec)
+        self._serial: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bus-{spec.id}")
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def open(self) -> None:
+        await self.close()
+        import serial
+
+        port = self.spec.port or ""
+        if not os.path.exists(port):
+            raise ConnectionLost(f"serial port {port} is not present")
+
+        def _open() -> Any:
+            return serial.Serial(
+                port,
+                baudrate=self.spec.baudrate,
+                parity=self.spec.parity,
+                stopbits=self.spec.stopbits,
+                bytesize=self.spec.bytesize,
+                timeout=self.spec.timeout,
+            )
+
+        try:
+            self._serial = await self._run(_open)
+        except (OSError, ValueError) as exc:
+            raise ConnectionLost(f"cannot open {port}: {exc}") from exc
+
+    async def close(self) -> None:
+        ser, self._serial = self._serial, None
+        if ser is not None:
+            with contextlib.suppress(OSError):
+                await self._run(ser.close)
+
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None and bool(self._serial.is_open)
+
+    def _instrument(self, unit: int, timeout: float) -> Any:
+        import minimalmodbus
+
+        inst = minimalmodbus.Instrument(self._serial, unit, close_port_after_each_call=False)
+        inst.serial.timeout = timeout
+        inst.clear_buffers_before_each_transaction = True
+        return inst
+
+    async def _call(self, fn: Callable[[Any], T], unit: int, timeout: float) -> T:
+        import minimalmodbus
+        import serial
+
+        if not self.is_open:
+            raise ConnectionLost(f"{self.spec.port} is not open")
+
+        def _do() -> T:
+            return fn(self._instrument(unit, timeout))
+
+        try:
+            return await self._run(_do)
+        except minimalmodbus.NoResponseError as exc:
+            raise DeviceTimeout(f"no answer from unit {unit} within {timeout:g} s") from exc
+        except minimalmodbus.InvalidResponseError as exc:
+            raise CrcError(str(exc)) from exc
+        except minimalmodbus.SlaveReportedException as exc:
+            raise DeviceException(_minimalmodbus_exception_code(str(exc)), str(exc)) from exc
+        except (serial.SerialException, OSError) as exc:
+            raise ConnectionLost(str(exc)) from exc
+
+    async def read_registers(
+        self, unit: int, table: Table, address: int, count: int, *, timeout: float
+    ) -> list[int]:
+        code = 3 if table is Table.HOLDING else 4
+        words = await self._call(
+            lambda inst: inst.read_registers(address, count, functioncode=code), unit, timeout
+        )
+        return [int(w) for w in words]
+
+    async def read_bits(
+        self, unit: int, table: Table, address: int, count: int, *, timeout: float
+    ) -> list[bool]:
+        code = 1 if table is Table.COIL else 2
+        bits = await self._call(
+            lambda inst: inst.read_bits(address, count, functioncode=code), unit, timeout
+        )
+        return [bool(b) for b in bits]
+
+    def shutdown(self) -> None:
+        """Stop the worker thread (after :meth:`close`)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def make_line(spec: BusSpec) -> ModbusLine:
+    """The stack adapter a bus spec asks for."""
+    if spec.type == "modbus-rtu" and spec.backend == "minimalmodbus":
+        return MinimalmodbusLine(spec)
+    return PymodbusLine(spec)
+
+
+class _GuardedTransport:
+    """What a driver sees during its turn on the bus: pauses between requests, and
+    reports a dead line to the bus so it is reopened."""
+
+    def __init__(self, bus: Bus, request_delay: float) -> None:
+        self._bus = bus
+        self._delay = max(request_delay, bus.spec.request_delay)
+
+    async def _guard(self, call: Callable[[], Any]) -> Any:
+        await self._bus._pause(self._delay)
+        try:
+            return await call()
+        except ConnectionLost:
+            self._bus._line_failed()
+            raise
+        except (DeviceTimeout, CrcError):
+            if self._bus.spec.type == "modbus-rtu":
+                await asyncio.sleep(SERIAL_QUIET_AFTER_TIMEOUT)
+            raise
+        finally:
+            self._bus._last_request_end = time.monotonic()
+
+    async def read_registers(
+        self, unit: int, table: Table, address: int, count: int, *, timeout: float
+    ) -> list[int]:
+        line = self._bus.line
+        result: list[int] = await self._guard(
+            lambda: line.read_registers(unit, table, address, count, timeout=timeout)
+        )
+        return result
+
+    async def read_bits(
+        self, unit: int, table: Table, address: int, count: int, *, timeout: float
+    ) -> list[bool]:
+        line = self._bus.line
+        result: list[bool] = await self._guard(
+            lambda: line.read_bits(unit, table, address, count, timeout=timeout)
+        )
+        return result
+
+
+class Bus:
+    """Owner of one line: opening with backoff, one request at a time, reopen on loss."""
+
+    def __init__(
+        self,
+        spec: BusSpec,
+        line: ModbusLine | None = None,
+        *,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.spec = spec
+        self.line = line if line is not None else make_line(spec)
+        self._lock = asyncio.Lock()
+        self._last_request_end = 0.0
+        self._opener: asyncio.Task[None] | None = None
+        self._wait = tenacity.wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max)
+        self.opens = 0  # times the line was (re)opened: status and tests
+        self.last_error: str | None = None
+
+    async def start(self) -> None:
+        """Try to open the line now; if that fails, keep trying in the background."""
+        try:
+            await self.line.open()
+            self.opens += 1
+        except ReadError as exc:
+            self._note_down(str(exc))
+            self._start_opener()
+
+    async def stop(self) -> None:
+        """Stop reopening and close the line."""
+        if self._opener is not None:
+            self._opener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._opener
+            self._opener = None
+        async with self._lock:
+            await self.line.close()
+        if isinstance(self.line, MinimalmodbusLine):
+            self.line.shutdown()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, request_delay: float = 0.0) -> AsyncIterator[ModbusTransport]:
+        """Exclusive use of the line for one device poll.
+
+        Raises :class:`ConnectionLost` at once while the line is down.
+        """
+        async with self._lock:
+            if not self.line.is_open:
+                self._line_failed()
+                raise ConnectionLost(self.last_error or f"bus {self.spec.id} is not open")
+            yield _GuardedTransport(self, request_delay)
+
+    async def _pause(self, delay: float) -> None:
+        if delay > 0:
+            remaining = self._last_request_end + delay - time.monotonic()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+
+    def _note_down(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("bus %s: %s", self.spec.id, message)
+        self.last_error = message
+
+    def _line_failed(self) -> None:
+        self._start_opener()
+
+    def _start_opener(self) -> None:
+        if self._opener is None or self._opener.done():
+            self._opener = asyncio.get_running_loop().create_task(
+                self._reopen(), name=f"reopen-{self.spec.id}"
+            )
+
+    async def _reopen(self) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            async with self._lock:
+                try:
+                    await self.line.open()
+                except ReadError as exc:
+                    self._note_down(str(exc))
+                else:
+                    self.opens += 1
+                    log.info("bus %s: line open (after %d attempts)", self.spec.id, attempt)
+                    self.last_error = None
+                    return
+            await asyncio.sleep(self._backoff(attempt))
+
+    def _backoff(self, attempt: int) -> float:
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return float(self._wait(state))

@@ -1,0 +1,161 @@
+"""Plain value types that cross module borders.
+
+These are deliberately small frozen dataclasses: pydantic models live at the edges
+(config files, remote input); everything inside the agent passes these around.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Quality(StrEnum):
+    """Quality of one point value."""
+
+    GOOD = "good"
+    BAD = "bad"
+
+
+class Reason(StrEnum):
+    """Why a value is bad: a small closed set, so dashboards can count them.
+
+    A Modbus exception response is reported as ``exception:<code>`` (see :func:`exception_reason`).
+    """
+
+    TIMEOUT = "timeout"
+    CRC = "crc"
+    CONNECTION = "connection"
+    DECODE = "decode"
+    DRIVER_ERROR = "driver-error"
+    CLOCK = "clock"
+
+
+def exception_reason(code: int) -> str:
+    """The reason string for a Modbus exception response with this exception code."""
+    return f"exception:{code}"
+
+
+class Table(StrEnum):
+    """The four Modbus data tables."""
+
+    HOLDING = "holding"
+    INPUT = "input"
+    COIL = "coil"
+    DISCRETE = "discrete"
+
+    @property
+    def is_bits(self) -> bool:
+        """True for the single-bit tables (coils, discrete inputs)."""
+        return self in (Table.COIL, Table.DISCRETE)
+
+
+class DataType(StrEnum):
+    """Value types a point can have."""
+
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    BOOL = "bool"
+
+
+class WordOrder(StrEnum):
+    """Order of 16-bit words in a multi-register value; ``big`` = high word first."""
+
+    BIG = "big"
+    LITTLE = "little"
+
+
+@dataclass(frozen=True, slots=True)
+class PointSpec:
+    """One named value of a device and where it lives in the Modbus tables."""
+
+    name: str
+    table: Table
+    address: int
+    type: DataType
+    word_order: WordOrder = WordOrder.BIG
+    byte_swap: bool = False
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str | None = None
+
+
+Value = int | float | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class PointValue:
+    """The result of reading one point: a value with its quality, or a bad quality with a reason."""
+
+    value: Value
+    quality: Quality
+    unit: str | None = None
+    error: str | None = None
+
+    @staticmethod
+    def good(value: Value, unit: str | None = None) -> PointValue:
+        return PointValue(value, Quality.GOOD, unit)
+
+    @staticmethod
+    def bad(reason: str, unit: str | None = None) -> PointValue:
+        return PointValue(None, Quality.BAD, unit, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One poll of one device: every point's value at time ``ts`` (UTC epoch seconds)."""
+
+    device_id: str
+    ts: float
+    points: Mapping[str, PointValue]
+
+
+@dataclass(frozen=True, slots=True)
+class BusSpec:
+    """A physical line or connection, as configured."""
+
+    id: str
+    type: str  # "modbus-rtu" | "modbus-tcp" (later: "mbus", "sdi12")
+    timeout: float
+    # serial
+    port: str | None = None
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+    backend: str = "pymodbus"  # "pymodbus" | "minimalmodbus"
+    # tcp
+    host: str | None = None
+    tcp_port: int = 502
+    # quirks shared by every device on the bus
+    request_delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """A device to poll, with its points resolved (profile merged with overrides)."""
+
+    id: str
+    bus: str
+    unit: int
+    interval: float
+    points: tuple[PointSpec, ...]
+    driver: str = "modbus"
+    timeout: float | None = None  # None: the bus timeout
+    retries: int = 1
+    request_delay: float = 0.0
+    single_point_reads: bool = False
+    max_gap: int = 10
+    max_registers: int = 125
+    max_bits: int = 2000
+    offline_after: int = 3  # consecutive failed polls before the device is backed off
+    offline_backoff_max: float = 300.0  # seconds between attempts at most, once backed off
+    options: Mapping[str, Any] = field(default_factory=dict)

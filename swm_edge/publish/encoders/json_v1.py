@@ -1,0 +1,45 @@
+"""Wire contract v1 (docs/wire-contract.md): one JSON message per device poll."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from swm_edge.model import Quality, Reading
+
+
+def iso_ms(ts: float) -> str:
+    """UTC ISO 8601 with milliseconds and a ``Z``, e.g. ``2026-11-23T04:00:10.012Z``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def readings_doc(reading: Reading) -> dict[str, dict[str, Any]]:
+    """The ``readings`` object of the v1 payload: one entry per point."""
+    readings: dict[str, dict[str, Any]] = {}
+    for name, pv in reading.points.items():
+        item: dict[str, Any] = {"value": pv.value}
+        if pv.unit is not None:
+            item["unit"] = pv.unit
+        item["quality"] = str(pv.quality)
+        if pv.quality is Quality.BAD:
+            item["value"] = None
+            item["error"] = pv.error or "driver-error"
+        readings[name] = item
+    return readings
+
+
+def encode(gateway_id: str, seq: int, reading: Reading) -> bytes:
+    """The v1 JSON payload of one device poll."""
+    doc = {
+        "gateway": gateway_id,
+        "device": reading.device_id,
+        "seq": seq,
+        "ts": iso_ms(reading.ts),
+        "readings": readings_doc(reading),
+    }
+    # allow_nan=False: a NaN here would be a driver bug; failing loudly beats sending
+    # a payload that strict JSON parsers at the backend reject.
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
