@@ -1,6 +1,6 @@
 """The agent: builds the data path from a validated config, runs it, stops it cleanly.
 
-    drivers → bus → scheduler → spool/buffer (SQLite) → publish (MQTT)
+drivers → bus → scheduler → spool/buffer (SQLite) → publish (MQTT)
 """
 
 from __future__ import annotations

@@ -138,8 +138,9 @@ class PymodbusLine(ModbusLine):
     def is_open(self) -> bool:
         return self._client is not None and bool(self._client.connected)
 
-    async def _call(self, fn: Callable[..., Any], address: int, count: int, unit: int,
-                    timeout: float) -> Any:
+    async def _call(
+        self, fn: Callable[..., Any], address: int, count: int, unit: int, timeout: float
+    ) -> Any:
         from pymodbus.exceptions import ConnectionException, ModbusException
 
         client = self._client
@@ -161,7 +162,7 @@ class PymodbusLine(ModbusLine):
             if self._rx_bytes:
                 raise CrcError(f"{self._rx_bytes} bytes arrived but no valid frame") from exc
             raise DeviceTimeout(f"no answer from unit {unit} within {timeout:g} s") from exc
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise ConnectionLost(str(exc)) from exc
         if response.isError():
             raise DeviceException(int(response.exception_code))
@@ -172,10 +173,14 @@ class PymodbusLine(ModbusLine):
     ) -> list[int]:
         client = self._client
         fn = (
-            client.read_holding_registers
-            if table is Table.HOLDING
-            else client.read_input_registers
-        ) if client is not None else None
+            (
+                client.read_holding_registers
+                if table is Table.HOLDING
+                else client.read_input_registers
+            )
+            if client is not None
+            else None
+        )
         if fn is None:
             raise ConnectionLost(f"{self._where()} is not open")
         response = await self._call(fn, address, count, unit, timeout)

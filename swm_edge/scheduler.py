@@ -109,7 +109,9 @@ class DevicePoller:
             self.stats.polls += 1
             self.stats.errors += 1
             self.stats.last_read = ts
-            return Reading(self.device.id, ts, self._all_bad(self.stats.last_error or Reason.TIMEOUT))
+            return Reading(
+                self.device.id, ts, self._all_bad(self.stats.last_error or Reason.TIMEOUT)
+            )
         points = await self._read_with_retries()
         return self._record(ts, points)
 

@@ -7,6 +7,7 @@ controlled exactly; the real Modbus stacks are exercised in tests/integration.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from typing import Any
@@ -81,8 +82,10 @@ class ScriptedDriver(Driver):
 
 
 def bus() -> Bus:
-    return Bus(BusSpec(id="b", type="modbus-rtu", timeout=0.1, port="/x"), OpenLine(BusSpec(
-        id="b", type="modbus-rtu", timeout=0.1, port="/x")))
+    return Bus(
+        BusSpec(id="b", type="modbus-rtu", timeout=0.1, port="/x"),
+        OpenLine(BusSpec(id="b", type="modbus-rtu", timeout=0.1, port="/x")),
+    )
 
 
 async def run_for(pollers: list[DevicePoller], seconds: float) -> None:
@@ -128,7 +131,7 @@ def test_overrun_takes_next_slot_and_is_counted() -> None:
 
     p = asyncio.run(main())
     assert 3 <= len(out) <= 5
-    gaps = [b.ts - a.ts for a, b in zip(out, out[1:], strict=False)]
+    gaps = [b.ts - a.ts for a, b in itertools.pairwise(out)]
     assert all(0.25 <= g <= 0.45 for g in gaps), gaps
     assert p.stats.overruns >= 2 * (len(out) - 1)
 
@@ -180,7 +183,7 @@ def test_dead_device_is_backed_off_and_costs_its_bus_little() -> None:
     async def sink(r: Reading) -> None:
         out.append(r)
 
-    async def main() -> tuple[DevicePoller, DevicePoller]:
+    async def main() -> DevicePoller:
         shared = bus()
         dead_dev = device("dead", 0.1, retries=0, offline_after=2, offline_backoff_max=10)
         live_dev = device("live", 0.1)
@@ -189,9 +192,9 @@ def test_dead_device_is_backed_off_and_costs_its_bus_little() -> None:
         dead = DevicePoller(dead_dev, ScriptedDriver(dead_dev, [], default=timeout), shared, sink)
         live = DevicePoller(live_dev, ScriptedDriver(live_dev, []), shared, sink)
         await run_for([dead, live], 2.05)
-        return dead, live
+        return dead
 
-    dead, live = asyncio.run(main())
+    dead = asyncio.run(main())
     dead_readings = [r for r in out if r.device_id == "dead"]
     live_readings = [r for r in out if r.device_id == "live"]
     assert len(live_readings) >= 18
@@ -208,8 +211,9 @@ def test_dead_device_is_backed_off_and_costs_its_bus_little() -> None:
 def test_device_recovers_from_backoff() -> None:
     async def main() -> DevicePoller:
         dev = device("d", 0.1, retries=0, offline_after=1, offline_backoff_max=0.2)
-        p = DevicePoller(dev, ScriptedDriver(dev, [DeviceTimeout(), DeviceTimeout()]), bus(),
-                         sink=_discard)
+        p = DevicePoller(
+            dev, ScriptedDriver(dev, [DeviceTimeout(), DeviceTimeout()]), bus(), sink=_discard
+        )
         await run_for([p], 1.5)
         return p
 
@@ -236,8 +240,9 @@ def test_wall_clock_jump_does_not_stall_polling(jump: float) -> None:
 
     async def main() -> None:
         dev = device("d", 0.1)
-        p = DevicePoller(dev, ScriptedDriver(dev, []), bus(), sink,
-                         clock=lambda: time.time() + offset[0])
+        p = DevicePoller(
+            dev, ScriptedDriver(dev, []), bus(), sink, clock=lambda: time.time() + offset[0]
+        )
         await run_for([p], 1.2)
 
     asyncio.run(main())

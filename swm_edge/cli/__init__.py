@@ -51,15 +51,23 @@ def main() -> None:
 
 @main.command()
 @config_option
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--log-format", default="auto", show_default=True,
-              type=click.Choice(["auto", "text", "journal", "json"]),
-              help="auto: journald prefixes under systemd, text on a terminal.")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.option(
+    "--log-format",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "text", "journal", "json"]),
+    help="auto: journald prefixes under systemd, text on a terminal.",
+)
 def run(config_path: Path, log_level: str, log_format: str) -> None:
     """Run the agent until SIGTERM or Ctrl-C."""
     from swm_edge.agent import Agent
-    from swm_edge.buffer import BufferError
+    from swm_edge.buffer import BufferFileError
     from swm_edge.service import install_stop_handlers, setup_logging
 
     loaded = load_or_exit(config_path)
@@ -72,7 +80,7 @@ def run(config_path: Path, log_level: str, log_format: str) -> None:
 
     try:
         asyncio.run(_main())
-    except BufferError as exc:
+    except BufferFileError as exc:
         click.echo(f"swm-edge: {exc}", err=True)
         sys.exit(1)
 
@@ -101,8 +109,9 @@ def read(config_path: Path, device_ids: tuple[str, ...], as_json: bool) -> None:
     known = {d.id for d in loaded.devices}
     unknown = [d for d in device_ids if d not in known]
     if unknown:
-        click.echo(f"unknown device(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}",
-                   err=True)
+        click.echo(
+            f"unknown device(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}", err=True
+        )
         sys.exit(EXIT_CONFIG)
     readings = asyncio.run(read_once(loaded, device_ids))
     if as_json:
@@ -115,14 +124,24 @@ def read(config_path: Path, device_ids: tuple[str, ...], as_json: bool) -> None:
     table = RichTable("device", "point", "value", "unit", "quality", "error")
     for r in readings:
         for name, pv in r.points.items():
-            table.add_row(r.device_id, name, "" if pv.value is None else str(pv.value),
-                          pv.unit or "", str(pv.quality), pv.error or "")
+            table.add_row(
+                r.device_id,
+                name,
+                "" if pv.value is None else str(pv.value),
+                pv.unit or "",
+                str(pv.quality),
+                pv.error or "",
+            )
     Console().print(table)
 
 
 @main.command()
-@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write here instead of standard output.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write here instead of standard output.",
+)
 def schema(output: Path | None) -> None:
     """Print (or write) the JSON Schema of the config file."""
     from swm_edge.config.schema import json_schema, write_schema
@@ -134,8 +153,12 @@ def schema(output: Path | None) -> None:
 
 
 @main.command()
-@click.option("--duration", type=float, default=None,
-              help="Stop after this many seconds and print what reached the broker.")
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    help="Stop after this many seconds and print what reached the broker.",
+)
 def demo(duration: float | None) -> None:
     """Simulated water devices + a broker + the agent, with a live view of what arrives."""
     from swm_edge.cli.demo import run_demo

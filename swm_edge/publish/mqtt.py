@@ -28,8 +28,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import tenacity
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from swm_edge import __version__
 from swm_edge.buffer import Row
@@ -193,9 +193,7 @@ class Destination:
         self.stats.connects += 1
         self.stats.connected_since = time.time()
         self.stats.last_error = None
-        log.info(
-            "mqtt %s: connected to %s:%d", self.name, self.settings.host, self.settings.port
-        )
+        log.info("mqtt %s: connected to %s:%d", self.name, self.settings.host, self.settings.port)
         status = {
             "state": "online",
             "gateway": self.settings.gateway_id,

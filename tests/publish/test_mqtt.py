@@ -19,8 +19,13 @@ from swm_edge.testing import Mosquitto, MqttCollector
 
 def settings(broker: Any, **kw: Any) -> BrokerSettings:
     base: dict[str, Any] = dict(
-        host=broker.host, port=broker.port, client_id="gw-test", gateway_id="gw-1",
-        reconnect_min=0.2, reconnect_max=1.0, inflight=8,
+        host=broker.host,
+        port=broker.port,
+        client_id="gw-test",
+        gateway_id="gw-1",
+        reconnect_min=0.2,
+        reconnect_max=1.0,
+        inflight=8,
     )
     base.update(kw)
     return BrokerSettings(**base)
@@ -109,7 +114,9 @@ def test_broker_outage_loses_nothing(
 
     # The agent's first retry comes after >= 4 s, so the (non-persistent) test subscriber is
     # back before the backlog is sent: the broker keeps nothing for absent subscribers.
-    asyncio.run(with_destination(tmp_path, settings(mosquitto, reconnect_min=4.0, reconnect_max=8.0), body))
+    asyncio.run(
+        with_destination(tmp_path, settings(mosquitto, reconnect_min=4.0, reconnect_max=8.0), body)
+    )
     seqs = sorted({d["seq"] for d in telemetry(sub)})
     assert seqs == list(range(1, 151))
     # oldest first: the backlog arrives in seq order

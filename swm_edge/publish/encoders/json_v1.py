@@ -11,9 +11,7 @@ from swm_edge.model import Quality, Reading
 
 def iso_ms(ts: float) -> str:
     """UTC ISO 8601 with milliseconds and a ``Z``, e.g. ``2026-11-23T04:00:10.012Z``."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def readings_doc(reading: Reading) -> dict[str, dict[str, Any]]:

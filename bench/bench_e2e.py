@@ -1,0 +1,606 @@
+"""End-to-end benchmark: simulated Modbus TCP devices -> the real agent -> mosquitto -> subscriber.
+
+Every part runs as it would in the field, each in its own process: the hil/ simulators
+(``python -m swm_edge_hil tcp``), the agent (``python -m swm_edge run --config ...``, buffer
+in a temporary folder), a real mosquitto on loopback, and a subscriber in this process that
+records every telemetry message. Figures are taken over a steady window after a warm-up:
+
+* delivered readings/s (a reading = one good point value) and messages/s, at the subscriber;
+* the agent's CPU (user+system of the whole process, all threads) as % of one core and as
+  CPU-seconds per 1000 delivered readings, and its peak and final RSS;
+* publish latency: receive time at the subscriber minus the message's ``ts`` (poll start);
+* missing seqs: gaps in the seq range the window saw that never arrived, even late.
+
+Prints figures, asserts nothing: the machine may be noisy. Usage::
+
+    python bench/bench_e2e.py                      # W1 and W2, about 2 minutes
+    python bench/bench_e2e.py --workload W1 --seconds 60
+    python bench/bench_e2e.py --workload custom --devices 100 --points 50 --interval 1
+    python bench/bench_e2e.py --workload W2 --profile /tmp/prof   # py-spy the agent too
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import ctypes
+import datetime
+import json
+import math
+import os
+import platform
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from swm_edge.broker import Mosquitto
+from swm_edge.testing import Message, MqttCollector
+
+GATEWAY = "gw-bench-0001"
+TOPIC_FILTER = f"swm/{GATEWAY}/+/telemetry"
+PROFILE_NAME = "bench-sim"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A fixed site shape: ``devices`` simulators with ``points`` float32 points each."""
+
+    name: str
+    title: str
+    devices: int
+    points: int
+    interval: float
+    target: str
+
+    @property
+    def offered(self) -> float:
+        """Readings per second the agent is asked to poll and publish."""
+        return self.devices * self.points / self.interval
+
+    @property
+    def shape(self) -> str:
+        return f"{self.devices} x {self.points} @ {self.interval:g} s"
+
+
+WORKLOADS: dict[str, Workload] = {
+    "W1": Workload("W1", "typical site", 20, 10, 1.0, "agent < 3 % of one core"),
+    # 100 float32 points = 200 registers = 2 requests per poll (max 125 registers each).
+    # Few devices with many points: the simulators share this machine's cores with the
+    # agent, and their cost grows with the number of requests, not of points.
+    "W2": Workload("W2", "stress", 50, 100, 1.0, ">= 5000 readings/s delivered"),
+}
+
+
+@dataclass
+class Result:
+    """Figures of one workload run (JSON-serialisable for --json)."""
+
+    workload: str
+    title: str
+    shape: str
+    target: str
+    window_s: float
+    offered_rps: float
+    delivered_rps: float
+    messages_ps: float
+    bad_values: int
+    agent_cpu_pct: float
+    cpu_s_per_1000: float
+    rss_peak_mib: float
+    rss_final_mib: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    latency_max_ms: float
+    missing_seqs: int
+    duplicate_seqs: int
+    sims_cpu_pct: float
+    broker_cpu_pct: float
+    bench_cpu_pct: float
+    load_avg_1m: float
+    agent_exit: int | None
+    agent_log_problems: int
+    profile: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- process hygiene ---------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGHUP arrived: unwind through every ``finally`` so children are stopped."""
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the bench dies without cleaning up (kill -9).
+
+    Linux only (prctl PR_SET_PDEATHSIG); elsewhere the ``finally`` blocks are all there is.
+    Only used for children started before any thread of ours exists, since preexec_fn is not
+    safe to run in a process with threads.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _popen(argv: Sequence[str], *, linux_guard: bool, **kwargs: Any) -> subprocess.Popen[bytes]:
+    guard = linux_guard and sys.platform == "linux" and threading.active_count() == 1
+    # A session of its own: Ctrl-C in the terminal reaches only the bench, which then stops
+    # the children in order (agent first, so it can publish its offline status and exit 0).
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if guard else None,
+        **kwargs,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """SIGTERM, then SIGKILL after ``timeout`` s; returns the exit status of the SIGTERM stop."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.terminate()
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+@contextlib.contextmanager
+def simulators(devices: int, points: int) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any]]]:
+    """``python -m swm_edge_hil tcp``: N simulators; yields the process and its JSON line."""
+    argv = [sys.executable, "-m", "swm_edge_hil", "tcp", "--devices", str(devices)]
+    argv += ["--points", str(points)]
+    proc = _popen(argv, linux_guard=True, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        # The JSON line comes once every server listens; select() keeps a dead or hung
+        # simulator from blocking the bench forever.
+        ready, _, _ = select.select([proc.stdout], [], [], 60.0)
+        line = proc.stdout.readline() if ready else b""
+        if not line:
+            raise RuntimeError(f"simulators did not start (exit status {proc.poll()})")
+        yield proc, json.loads(line)
+    finally:
+        _stop(proc, 5.0)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def write_config(folder: Path, workload: Workload, sims: dict[str, Any], broker: Mosquitto) -> Path:
+    """The agent's config: one TCP bus per simulator (each listens on its own port)."""
+    profiles = folder / "profiles"
+    profiles.mkdir()
+    # One profile for every device keeps the config short even at 100 devices x 100 points.
+    profile_lines = [
+        "manufacturer: swm-edge bench",
+        f"model: hil simulator with {workload.points} float32 points",
+        "kind: synthetic load",
+        "source: python -m swm_edge_hil tcp (synthetic_points)",
+        "points:",
+    ]
+    profile_lines += [
+        f"  - {{name: p{i}, table: holding, address: {2 * i}, type: float32, unit: m3/h}}"
+        for i in range(workload.points)
+    ]
+    (profiles / f"{PROFILE_NAME}.yaml").write_text("\n".join(profile_lines) + "\n")
+    host = sims["host"]
+    lines = [
+        f"gateway: {{id: {GATEWAY}, site: bench}}",
+        f"mqtt: {{host: {broker.host}, port: {broker.port}, reconnect_max: 5}}",
+        f"buffer: {{path: {json.dumps(str(folder / 'buffer.sqlite'))}, max_mb: 256}}",
+        "buses:",
+    ]
+    lines += [
+        f"  - {{id: tcp-{i}, type: modbus-tcp, host: {host}, port: {port}, timeout: 1.0}}"
+        for i, port in enumerate(sims["ports"])
+    ]
+    lines.append("devices:")
+    lines += [
+        f"  - {{id: dev-{i}, bus: tcp-{i}, unit: {sims['unit']}, "
+        f"interval: {workload.interval:g}, profile: {PROFILE_NAME}}}"
+        for i in range(len(sims["ports"]))
+    ]
+    config = folder / "config.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+# ---- measurement -------------------------------------------------------------------------
+
+
+def _cpu_seconds(procs: Sequence[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _peak_rss(proc: psutil.Process, sampled: float) -> float:
+    """VmHWM (the kernel's own high-water mark) where there is one, else our samples' max."""
+    try:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return sampled
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return math.nan
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def _parse_ts(text: str) -> float:
+    # Python 3.11's fromisoformat takes the trailing "Z" of the wire contract.
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
+def _wait_for_all_devices(
+    collector: MqttCollector, agent: subprocess.Popen[bytes], devices: int, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if agent.poll() is not None:
+            raise RuntimeError(f"the agent exited with status {agent.returncode}")
+        seen = {m.topic for m in collector.messages()}
+        if len(seen) >= devices:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"not every device published within {timeout:g} s")
+
+
+def _sleep_until(wall: float, agent: subprocess.Popen[bytes], rss: list[float]) -> None:
+    """Sleep until ``time.time() >= wall``, sampling the agent's RSS and watching it live."""
+    proc = psutil.Process(agent.pid)
+    while (left := wall - time.time()) > 0:
+        if agent.poll() is not None:
+            raise RuntimeError(f"the agent exited with status {agent.returncode}")
+        with contextlib.suppress(psutil.Error):
+            rss.append(float(proc.memory_info().rss))
+        time.sleep(min(left, 0.25))
+
+
+def analyse(
+    messages: Sequence[Message], t0: float, t1: float
+) -> tuple[int, int, int, list[float], int, int]:
+    """(messages, good values, bad values, sorted latencies s, missing, duplicates) of [t0, t1)."""
+    in_window = [m for m in messages if t0 <= m.received_at < t1]
+    good = bad = 0
+    latencies: list[float] = []
+    window_seqs: list[int] = []
+    for msg in in_window:
+        doc = msg.json()
+        window_seqs.append(int(doc["seq"]))
+        latencies.append(msg.received_at - _parse_ts(doc["ts"]))
+        for item in doc["readings"].values():
+            if item["quality"] == "good":
+                good += 1
+            else:
+                bad += 1
+    missing = duplicates = 0
+    if window_seqs:
+        # A seq of the window's range that arrived late (after t1) is not missing; only one
+        # that never arrived is. Parsing every message for its seq is cheap next to the rest.
+        everything = {int(m.json()["seq"]) for m in messages}
+        low, high = min(window_seqs), max(window_seqs)
+        missing = sum(1 for s in range(low, high + 1) if s not in everything)
+        duplicates = len(window_seqs) - len(set(window_seqs))
+    latencies.sort()
+    return len(in_window), good, bad, latencies, missing, duplicates
+
+
+def _log_problems(log_path: Path) -> int:
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return 0
+    return sum(1 for line in text.splitlines() if " WARNING " in line or " ERROR " in line)
+
+
+def start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy on the agent for the window: collapsed stacks (``raw``), one line per stack."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not os.access(exe, os.X_OK):
+        Console(stderr=True).print("[yellow]py-spy not found; --profile ignored[/yellow]")
+        return None
+    argv = [exe, "record", "--pid", str(pid), "--duration", str(math.ceil(seconds))]
+    # --nonblocking: py-spy reads the agent's memory without pausing it, so the agent's own
+    # figures move as little as possible; --threads tells the loop from the workers.
+    argv += ["--rate", "200", "--nonblocking", "--threads", "--format", "raw", "-o", str(out)]
+    return _popen(argv, linux_guard=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
+    """Self and inclusive sample shares per function, and per thread, from py-spy raw output."""
+    self_counts: collections.Counter[str] = collections.Counter()
+    incl_counts: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        thread, frames = frames[0], frames[1:]
+        total += count
+        threads[thread.split(" ")[-1].strip("\"'") if "(" not in thread else thread] += count
+        if frames:
+            self_counts[frames[-1]] += count
+        for frame in set(frames):
+            incl_counts[frame] += count
+    if not total:
+        return {}
+
+    def share(counter: collections.Counter[str]) -> list[tuple[str, float]]:
+        return [(name, 100.0 * n / total) for name, n in counter.most_common(top)]
+
+    return {
+        "samples": total,
+        "threads": share(threads),
+        "self": share(self_counts),
+        "inclusive": share(incl_counts),
+    }
+
+
+def run_workload(
+    workload: Workload,
+    seconds: float,
+    warmup: float,
+    profile_dir: Path | None,
+    console: Console,
+) -> Result:
+    """Bring the whole chain up, measure one steady window, bring it down again."""
+    interval = workload.interval
+    # Whole poll rounds in the window, so every window holds the same number of polls.
+    window = max(interval, math.ceil(seconds / interval) * interval)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swm-bench-e2e-")))
+        console.print(f"[bold]{workload.name}[/bold] {workload.title}: {workload.shape}")
+        sims_proc, sims = stack.enter_context(simulators(workload.devices, workload.points))
+        broker = Mosquitto(workdir=tmp / "mosquitto")
+        stack.callback(broker.close)
+        broker.start()
+        config = write_config(tmp, workload, sims, broker)
+        log_path = tmp / "agent.log"
+        log_file = stack.enter_context(log_path.open("wb"))
+        argv = [sys.executable, "-m", "swm_edge", "run", "--config", str(config)]
+        argv += ["--log-format", "text"]
+        agent = _popen(argv, linux_guard=True, stdout=log_file, stderr=subprocess.STDOUT)
+        exit_status: list[int | None] = []
+        # Registered after the collector below, so runs before it closes: the agent's last
+        # messages and offline status still find a subscriber.
+        stop_agent = contextlib.ExitStack()
+        stop_agent.callback(lambda: exit_status.append(_stop(agent, 20.0)))
+        try:
+            collector = MqttCollector(broker.host, broker.port, TOPIC_FILTER)
+            stack.callback(collector.close)
+            stack.push(stop_agent)
+            _wait_for_all_devices(collector, agent, workload.devices, timeout=60.0)
+        except BaseException:
+            stop_agent.close()
+            console.print(log_path.read_text(errors="replace")[-3000:], markup=False)
+            raise
+
+        agent_ps = psutil.Process(agent.pid)
+        sims_ps = psutil.Process(sims_proc.pid)
+        broker_ps = psutil.Process(broker.pid) if broker.pid is not None else None
+        bench_ps = psutil.Process()
+        rss: list[float] = []
+        # Start half an interval past a poll slot: the window's edges fall between bursts
+        # of messages, not in the middle of one.
+        t0 = math.floor((time.time() + warmup) / interval) * interval + interval / 2
+        if t0 < time.time() + warmup:
+            t0 += interval
+        _sleep_until(t0, agent, rss)
+        cpu0 = [
+            _cpu_seconds([agent_ps]),
+            _cpu_seconds([sims_ps]),
+            _cpu_seconds([broker_ps] if broker_ps else []),
+            _cpu_seconds([bench_ps]),
+        ]
+        wall0 = time.monotonic()
+        profiler = None
+        if profile_dir is not None:
+            profile_out = profile_dir / f"{workload.name}-agent.pyspy.txt"
+            profiler = start_profiler(agent.pid, window, profile_out)
+        t1 = t0 + window
+        _sleep_until(t1, agent, rss)
+        cpu1 = [
+            _cpu_seconds([agent_ps]),
+            _cpu_seconds([sims_ps]),
+            _cpu_seconds([broker_ps] if broker_ps else []),
+            _cpu_seconds([bench_ps]),
+        ]
+        wall = time.monotonic() - wall0
+        rss_final = float(agent_ps.memory_info().rss)
+        rss_peak = _peak_rss(agent_ps, max([*rss, rss_final]))
+        load_1m = os.getloadavg()[0]
+        # Late messages of the window must still count as arrived for the seq check.
+        time.sleep(min(5.0, 2.0 + interval))
+        profile: dict[str, Any] = {}
+        if profiler is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                profiler.wait(timeout=30)
+            _stop(profiler, 5.0)
+            if profile_out.exists():
+                profile = summarise_profile(profile_out)
+                profile["file"] = str(profile_out)
+        stop_agent.close()
+        messages = collector.messages()
+
+    count, good, bad, latencies, missing, duplicates = analyse(messages, t0, t1)
+    agent_cpu = cpu1[0] - cpu0[0]
+    mib = 1024.0 * 1024.0
+    return Result(
+        workload=workload.name,
+        title=workload.title,
+        shape=workload.shape,
+        target=workload.target,
+        window_s=window,
+        offered_rps=workload.offered,
+        delivered_rps=good / window,
+        messages_ps=count / window,
+        bad_values=bad,
+        agent_cpu_pct=100.0 * agent_cpu / wall,
+        cpu_s_per_1000=1000.0 * agent_cpu / good if good else math.nan,
+        rss_peak_mib=rss_peak / mib,
+        rss_final_mib=rss_final / mib,
+        latency_p50_ms=1000.0 * _quantile(latencies, 0.50),
+        latency_p99_ms=1000.0 * _quantile(latencies, 0.99),
+        latency_max_ms=1000.0 * (latencies[-1] if latencies else math.nan),
+        missing_seqs=missing,
+        duplicate_seqs=duplicates,
+        sims_cpu_pct=100.0 * (cpu1[1] - cpu0[1]) / wall,
+        broker_cpu_pct=100.0 * (cpu1[2] - cpu0[2]) / wall,
+        bench_cpu_pct=100.0 * (cpu1[3] - cpu0[3]) / wall,
+        load_avg_1m=load_1m,
+        agent_exit=exit_status[0] if exit_status else None,
+        agent_log_problems=_log_problems(log_path),
+        profile=profile,
+    )
+
+
+# ---- report ------------------------------------------------------------------------------
+
+
+def results_table(results: Sequence[Result]) -> Table:
+    """One column per workload (the metrics are too many to fit as columns)."""
+    table = Table(title="swm-edge end to end: simulators -> agent -> mosquitto -> subscriber")
+    table.add_column("metric")
+    for r in results:
+        table.add_column(f"{r.workload} {r.title}", justify="right")
+    rows: list[tuple[str, list[str]]] = [
+        ("devices x points @ interval", [r.shape for r in results]),
+        ("measured window, s", [f"{r.window_s:g}" for r in results]),
+        ("offered readings/s", [f"{r.offered_rps:,.0f}" for r in results]),
+        ("delivered readings/s (good)", [f"{r.delivered_rps:,.0f}" for r in results]),
+        ("bad values in window", [str(r.bad_values) for r in results]),
+        ("messages/s", [f"{r.messages_ps:,.1f}" for r in results]),
+        ("agent CPU, % of one core", [f"{r.agent_cpu_pct:.2f}" for r in results]),
+        ("agent CPU-s per 1000 readings", [f"{r.cpu_s_per_1000:.4f}" for r in results]),
+        ("agent RSS peak / final, MiB", [f"{r.rss_peak_mib:.1f} / {r.rss_final_mib:.1f}" for r in results]),
+        ("latency p50 / p99, ms", [f"{r.latency_p50_ms:.0f} / {r.latency_p99_ms:.0f}" for r in results]),
+        ("latency max, ms", [f"{r.latency_max_ms:.0f}" for r in results]),
+        ("missing seqs / duplicates", [f"{r.missing_seqs} / {r.duplicate_seqs}" for r in results]),
+        ("simulators CPU, % of one core", [f"{r.sims_cpu_pct:.1f}" for r in results]),
+        ("mosquitto CPU, % of one core", [f"{r.broker_cpu_pct:.1f}" for r in results]),
+        ("bench (subscriber) CPU, %", [f"{r.bench_cpu_pct:.1f}" for r in results]),
+        ("load average (1 min) at end", [f"{r.load_avg_1m:.2f}" for r in results]),
+        ("agent exit status / log warnings", [f"{r.agent_exit} / {r.agent_log_problems}" for r in results]),
+        ("target", [r.target for r in results]),
+    ]
+    for name, values in rows:
+        table.add_row(name, *values)
+    return table
+
+
+def print_profile(console: Console, result: Result) -> None:
+    prof = result.profile
+    if not prof:
+        return
+    console.print(
+        f"\n[bold]{result.workload} agent profile[/bold] ({prof['samples']} py-spy samples of "
+        f"non-idle threads; {prof['file']})"
+    )
+    for title, key in (("by thread", "threads"), ("self", "self"), ("inclusive", "inclusive")):
+        table = Table(title=title, title_justify="left")
+        table.add_column("%", justify="right")
+        table.add_column("where")
+        for name, pct in prof[key]:
+            table.add_row(f"{pct:.1f}", name)
+        console.print(table)
+
+
+def machine() -> str:
+    model = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workload", default="all", choices=[*WORKLOADS, "all", "custom"])
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window per workload")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds before the window")
+    parser.add_argument("--devices", type=int, default=50, help="custom workload only")
+    parser.add_argument("--points", type=int, default=100, help="custom workload only")
+    parser.add_argument("--interval", type=float, default=1.0, help="custom workload only")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="record the agent with py-spy during the window (adds some load)")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+
+    if args.workload == "all":
+        chosen = list(WORKLOADS.values())
+    elif args.workload == "custom":
+        chosen = [
+            Workload("custom", "custom", args.devices, args.points, args.interval, "-")
+        ]
+    else:
+        chosen = [WORKLOADS[args.workload]]
+
+    if args.profile is not None:
+        # Before anything starts: a bad folder should not cost a whole run.
+        args.profile.mkdir(parents=True, exist_ok=True)
+    console = Console()
+    # Ctrl-C raises KeyboardInterrupt; SIGTERM/SIGHUP are turned into an exception too, so
+    # the same finally blocks stop every child process whichever way the bench is stopped.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)
+    console.print(f"machine: {machine()}")
+    results: list[Result] = []
+    try:
+        for workload in chosen:
+            results.append(
+                run_workload(workload, args.seconds, args.warmup, args.profile, console)
+            )
+    except (KeyboardInterrupt, Interrupted):
+        console.print("[yellow]interrupted; every process stopped[/yellow]")
+        return 130
+    finally:
+        if results:
+            console.print(results_table(results))
+            for result in results:
+                print_profile(console, result)
+            if args.json is not None:
+                args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,634 @@
+"""Pydantic models of the configuration file.
+
+The models check everything that can be checked inside one section (types, ranges,
+patterns, combinations of fields within one point or one bus). Checks that span sections
+(a device's bus exists, ids are unique, profiles resolve) live in
+:mod:`swm_edge.config.loader`, which also knows where each value sits in the YAML file.
+
+Types are strict on purpose: YAML guesses scalar types, and a gateway id written as
+``0001`` would silently become the integer 1 under lax coercion, ``port: "502"`` or
+``byte_swap: 1`` are more likely typos than intent. Integers are accepted where a float is
+expected, because ``interval: 10`` is how people write it.
+
+Relative paths are resolved against ``context={"base_dir": <config dir>}`` when one is
+passed to ``model_validate``; the loader passes the config file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from swm_edge.model import BusSpec, DataType, PointSpec, Table, WordOrder
+from swm_edge.units import CANONICAL_UNITS, check_unit
+
+__all__ = [
+    "BAUDRATES",
+    "BUS_TYPES",
+    "CLIENT_ID_PATTERN",
+    "DEFAULT_BUFFER_PATH",
+    "ENV_NAME_PATTERN",
+    "HOST_PATTERN",
+    "ID_PATTERN",
+    "PATTERN_HELP",
+    "POINT_NAME_PATTERN",
+    "QUIRK_KEYS",
+    "TOPIC_PREFIX_PATTERN",
+    "BufferConfig",
+    "BusConfig",
+    "Config",
+    "ConfigModel",
+    "DeviceConfig",
+    "DeviceQuirks",
+    "GatewayConfig",
+    "LocationConfig",
+    "MqttConfig",
+    "PointConfig",
+    "RtuBusConfig",
+    "TcpBusConfig",
+    "TlsConfig",
+    "field_error",
+]
+
+#: Gateway, bus and device ids: safe as one MQTT topic level and as a file name.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+#: Point names: safe as a JSON key, a topic level and an identifier in most query languages.
+POINT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+#: MQTT topic prefix: one or more topic levels, no wildcards, no empty levels.
+TOPIC_PREFIX_PATTERN = r"^[^+#/\s]+(/[^+#/\s]+)*$"
+#: Environment variable names (POSIX portable set).
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: Host names and IP addresses: anything without spaces, slashes or a scheme.
+HOST_PATTERN = r"^[^\s/]+$"
+#: MQTT client ids: printable ASCII without spaces (every broker accepts those).
+CLIENT_ID_PATTERN = r"^[!-~]{1,128}$"
+
+#: Plain-language explanations of the patterns above, for error messages.
+PATTERN_HELP: dict[str, str] = {
+    ID_PATTERN: "must be 1-64 characters: letters, digits, '.', '_' and '-', "
+    "starting with a letter or digit",
+    POINT_NAME_PATTERN: "must be 1-64 characters: letters, digits, '_', '.' and '-', "
+    "starting with a letter or '_'",
+    TOPIC_PREFIX_PATTERN: "must be MQTT topic levels separated by single '/', without "
+    "'+', '#', spaces or a leading/trailing '/'",
+    ENV_NAME_PATTERN: "must be an environment variable name: letters, digits and '_', "
+    "not starting with a digit",
+    HOST_PATTERN: "must be a host name or IP address, without scheme or slashes",
+    CLIENT_ID_PATTERN: "must be 1-128 printable ASCII characters without spaces",
+}
+
+#: Standard serial line rates a modbus-rtu bus accepts.
+BAUDRATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
+
+DEFAULT_BUFFER_PATH = Path("/var/lib/swm-edge/buffer.sqlite")
+
+# The largest Modbus address; a point's last register must not pass it.
+_ADDRESS_SPACE = 0x10000
+_REGISTER_WIDTH: dict[DataType, int] = {
+    DataType.INT16: 1,
+    DataType.UINT16: 1,
+    DataType.BOOL: 1,
+    DataType.INT32: 2,
+    DataType.UINT32: 2,
+    DataType.FLOAT32: 2,
+    DataType.INT64: 4,
+    DataType.UINT64: 4,
+    DataType.FLOAT64: 4,
+}
+
+
+def field_error(field: str, message: str) -> PydanticCustomError:
+    """An error from a model validator that belongs to one field of the model.
+
+    Pydantic reports model-validator errors at the model; the loader reads ``ctx.field``
+    to point at the field's line instead.
+    """
+    return PydanticCustomError("swm_config", message, {"field": field})
+
+
+def _one_of(*choices: int) -> Any:
+    # Literal[1, 2] would accept True and 1.0; a strict int with an explicit check does not.
+    listed = ", ".join(str(c) for c in choices)
+
+    def check(value: int) -> int:
+        if value not in choices:
+            raise PydanticCustomError(
+                "literal_error", "Input should be one of {expected}", {"expected": listed}
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _int_enum(*choices: int) -> WithJsonSchema:
+    return WithJsonSchema({"type": "integer", "enum": list(choices)})
+
+
+def _non_empty_path(value: Any) -> Any:
+    # Path("") is ".", which would silently mean "the config directory".
+    if isinstance(value, str) and not value.strip():
+        raise PydanticCustomError("path_empty", "Path must not be empty")
+    if not isinstance(value, (str, Path)):
+        raise PydanticCustomError("path_type", "Input should be a path (a string)")
+    return value
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    value = value.expanduser()
+    base = info.context.get("base_dir") if isinstance(info.context, dict) else None
+    if value.is_absolute() or base is None:
+        return value
+    return Path(base) / value
+
+
+def _unit_before(value: Any) -> Any:
+    # YAML reads "unit: 1" (the dimensionless unit) as an integer.
+    if type(value) is int and value == 1:
+        return "1"
+    return value
+
+
+def _unit_after(value: str) -> str:
+    problem = check_unit(value)
+    if problem is not None:
+        raise PydanticCustomError("unit_unknown", problem)
+    return value
+
+
+def _protocol_before(value: Any) -> Any:
+    # "protocol: 5" is a YAML integer.
+    if type(value) is int and value == 5:
+        return "5"
+    return value
+
+
+FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
+Id = Annotated[StrictStr, Field(pattern=ID_PATTERN)]
+PointName = Annotated[StrictStr, Field(pattern=POINT_NAME_PATTERN)]
+FilePath = Annotated[Path, BeforeValidator(_non_empty_path), AfterValidator(_resolve_path)]
+Unit = Annotated[
+    StrictStr,
+    BeforeValidator(_unit_before),
+    AfterValidator(_unit_after),
+    # The integer 1 is listed because that is what YAML makes of "unit: 1".
+    WithJsonSchema({"enum": [*sorted(CANONICAL_UNITS), 1]}),
+]
+Baudrate = Annotated[StrictInt, _one_of(*BAUDRATES), _int_enum(*BAUDRATES)]
+StopBits = Annotated[StrictInt, _one_of(1, 2), _int_enum(1, 2)]
+ByteSize = Annotated[StrictInt, _one_of(7, 8), _int_enum(7, 8)]
+Qos = Annotated[StrictInt, _one_of(0, 1, 2), _int_enum(0, 1, 2)]
+Protocol = Annotated[
+    Literal["5", "3.1.1"],
+    BeforeValidator(_protocol_before),
+    WithJsonSchema({"enum": ["5", "3.1.1", 5]}),
+]
+
+
+class ConfigModel(BaseModel):
+    """Base of the config models: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocationConfig(ConfigModel):
+    """Where the gateway is, for maps."""
+
+    lat: FiniteFloat = Field(ge=-90, le=90, description="Latitude, WGS84 decimal degrees.")
+    lon: FiniteFloat = Field(ge=-180, le=180, description="Longitude, WGS84 decimal degrees.")
+
+
+class GatewayConfig(ConfigModel):
+    """This gateway's identity."""
+
+    id: Id = Field(description="Gateway id; part of every MQTT topic, unique in the fleet.")
+    site: Id | None = Field(
+        default=None, description="Site (e.g. district metering area) the gateway serves."
+    )
+    location: LocationConfig | None = Field(default=None, description="Position of the gateway.")
+
+
+class TlsConfig(ConfigModel):
+    """TLS towards the broker. The broker's certificate is always verified."""
+
+    ca_file: FilePath | None = Field(
+        default=None,
+        description="CA bundle (PEM) to verify the broker with; default: the system CAs.",
+    )
+    cert_file: FilePath | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS; needs key_file."
+    )
+    key_file: FilePath | None = Field(
+        default=None, description="Private key (PEM) of the client certificate; needs cert_file."
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if self.cert_file is not None and self.key_file is None:
+            raise field_error(
+                "cert_file", "cert_file needs key_file (the certificate's private key)"
+            )
+        if self.key_file is not None and self.cert_file is None:
+            raise field_error("key_file", "key_file needs cert_file (the client certificate)")
+        return self
+
+
+class MqttConfig(ConfigModel):
+    """The MQTT broker readings are published to.
+
+    Holds no secret: the password stays in its file or environment variable until
+    :meth:`read_password` is called, so logging or dumping the config cannot leak it.
+    """
+
+    host: StrictStr = Field(pattern=HOST_PATTERN, description="Broker host name or IP address.")
+    port: StrictInt = Field(
+        default=1883,
+        ge=1,
+        le=65535,
+        description="Broker TCP port; default 1883, or 8883 when tls is given.",
+    )
+    client_id: StrictStr = Field(
+        default="swm-edge",
+        pattern=CLIENT_ID_PATTERN,
+        description="MQTT client id; default swm-edge-<gateway id>.",
+    )
+    username: StrictStr | None = Field(
+        default=None, min_length=1, description="User name to log in with."
+    )
+    password_file: FilePath | None = Field(
+        default=None,
+        description="File holding the password (one trailing newline is ignored). "
+        "Plain passwords are not allowed in the config.",
+    )
+    password_env: StrictStr | None = Field(
+        default=None,
+        pattern=ENV_NAME_PATTERN,
+        description="Environment variable holding the password.",
+    )
+    tls: TlsConfig | None = Field(
+        default=None,
+        description="Use TLS; an empty mapping means TLS verified against the system CAs.",
+    )
+    qos: Qos = Field(default=1, description="MQTT QoS of published readings (0, 1 or 2).")
+    keepalive: StrictInt = Field(
+        default=30, ge=5, le=3600, description="Keepalive interval, seconds."
+    )
+    topic_prefix: StrictStr = Field(
+        default="swm",
+        pattern=TOPIC_PREFIX_PATTERN,
+        description="First topic level(s) of every topic.",
+    )
+    protocol: Protocol = Field(default="5", description='MQTT protocol version: "5" or "3.1.1".')
+    inflight: StrictInt = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="Messages published but not yet acknowledged, at most.",
+    )
+    reconnect_min: FiniteFloat = Field(
+        default=1.0,
+        ge=0.1,
+        le=60,
+        description="First wait before reconnecting to the broker, seconds.",
+    )
+    reconnect_max: FiniteFloat = Field(
+        default=60.0, ge=0.1, le=3600, description="Longest wait between reconnects, seconds."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "port" not in data and data.get("tls") is not None:
+            return {**data, "port": 8883}
+        return data
+
+    @model_validator(mode="after")
+    def _combinations(self) -> MqttConfig:
+        if self.password_file is not None and self.password_env is not None:
+            raise field_error("password_env", "give password_file or password_env, not both")
+        has_password = self.password_file is not None or self.password_env is not None
+        if has_password and self.username is None and self.protocol == "3.1.1":
+            field = "password_file" if self.password_file is not None else "password_env"
+            raise field_error(field, "MQTT 3.1.1 allows a password only together with a username")
+        if self.reconnect_max < self.reconnect_min:
+            raise field_error(
+                "reconnect_max",
+                f"reconnect_max ({self.reconnect_max:g}) must be >= reconnect_min "
+                f"({self.reconnect_min:g})",
+            )
+        return self
+
+    def read_password(self) -> str | None:
+        """The broker password, read now from ``password_file`` or ``password_env``.
+
+        Returns ``None`` when no password is configured. One trailing newline of the file
+        is dropped (editors add one); other whitespace is part of the password.
+
+        Raises:
+            OSError: the password file cannot be read.
+            LookupError: the environment variable is not set.
+        """
+        if self.password_file is not None:
+            text = self.password_file.read_text(encoding="utf-8")
+            if text.endswith("\r\n"):
+                return text[:-2]
+            if text.endswith("\n"):
+                return text[:-1]
+            return text
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise LookupError(f"environment variable {self.password_env} is not set")
+            return value
+        return None
+
+
+class BufferConfig(ConfigModel):
+    """The local store-and-forward buffer."""
+
+    path: FilePath = Field(default=DEFAULT_BUFFER_PATH, description="SQLite file of the buffer.")
+    max_mb: FiniteFloat = Field(
+        default=256.0,
+        gt=0,
+        description="Largest size of the buffer, MB; the oldest readings go first.",
+    )
+
+
+class RtuBusConfig(ConfigModel):
+    """A serial RS-485/RS-232 line speaking Modbus RTU."""
+
+    id: Id = Field(description="Bus id, referenced by devices.")
+    type: Literal["modbus-rtu"] = Field(description="Bus type.")
+    port: StrictStr = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0.")
+    baudrate: Baudrate = Field(default=9600, description="Line speed, baud.")
+    parity: Literal["N", "E", "O"] = Field(
+        default="N", description="Parity: N(one), E(ven) or O(dd)."
+    )
+    stopbits: StopBits = Field(default=1, description="Stop bits: 1 or 2.")
+    bytesize: ByteSize = Field(default=8, description="Data bits: 7 or 8.")
+    timeout: FiniteFloat = Field(
+        default=0.5,
+        gt=0,
+        le=30,
+        description="Seconds to wait for an answer (devices may override).",
+    )
+    backend: Literal["pymodbus", "minimalmodbus"] = Field(
+        default="pymodbus", description="Modbus library driving the line."
+    )
+    request_delay: FiniteFloat = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="Pause before each request on this line, seconds (for slow devices or "
+        "RS-485 converters that switch direction late).",
+    )
+
+    def to_spec(self) -> BusSpec:
+        """The bus as the core's :class:`~swm_edge.model.BusSpec`."""
+        return BusSpec(
+            id=self.id,
+            type=self.type,
+            timeout=self.timeout,
+            port=self.port,
+            baudrate=self.baudrate,
+            parity=self.parity,
+            stopbits=self.stopbits,
+            bytesize=self.bytesize,
+            backend=self.backend,
+            request_delay=self.request_delay,
+        )
+
+
+class TcpBusConfig(ConfigModel):
+    """A Modbus TCP connection to one host (a device or a gateway)."""
+
+    id: Id = Field(description="Bus id, referenced by devices.")
+    type: Literal["modbus-tcp"] = Field(description="Bus type.")
+    host: StrictStr = Field(pattern=HOST_PATTERN, description="Host name or IP address.")
+    port: StrictInt = Field(default=502, ge=1, le=65535, description="TCP port.")
+    timeout: FiniteFloat = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="Seconds to wait for an answer (devices may override).",
+    )
+    request_delay: FiniteFloat = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="Pause before each request on this connection, seconds.",
+    )
+
+    def to_spec(self) -> BusSpec:
+        """The bus as the core's :class:`~swm_edge.model.BusSpec`."""
+        return BusSpec(
+            id=self.id,
+            type=self.type,
+            timeout=self.timeout,
+            host=self.host,
+            tcp_port=self.port,
+            request_delay=self.request_delay,
+        )
+
+
+BusConfig = Annotated[RtuBusConfig | TcpBusConfig, Field(discriminator="type")]
+#: The allowed values of a bus's ``type``.
+BUS_TYPES: tuple[str, ...] = ("modbus-rtu", "modbus-tcp")
+
+
+class PointConfig(ConfigModel):
+    """One value of a device and where it lives in the Modbus tables."""
+
+    name: PointName = Field(description="Point name, unique within the device.")
+    table: Table = Field(default=Table.HOLDING, description="Modbus table.")
+    address: StrictInt = Field(
+        ge=0,
+        le=_ADDRESS_SPACE - 1,
+        description="Zero-based address of the (first) register or bit.",
+    )
+    type: DataType = Field(
+        default=DataType.UINT16, description="Value type; coil and discrete points are always bool."
+    )
+    word_order: WordOrder = Field(
+        default=WordOrder.BIG,
+        description="Order of the registers of a multi-register value; big = high word first.",
+    )
+    byte_swap: StrictBool = Field(
+        default=False, description="Swap the two bytes inside every register."
+    )
+    scale: FiniteFloat = Field(default=1.0, description="Value = raw * scale + offset.")
+    offset: FiniteFloat = Field(default=0.0, description="Value = raw * scale + offset.")
+    unit: Unit | None = Field(
+        default=None, description="Unit of the scaled value (a canonical spelling)."
+    )
+
+    @property
+    def width(self) -> int:
+        """Registers (or bits, in a bit table) the point occupies."""
+        return 1 if self.table.is_bits else _REGISTER_WIDTH[self.type]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PointConfig:
+        if self.table.is_bits:
+            if self.type is not DataType.BOOL:
+                raise field_error(
+                    "type",
+                    f"a {self.table} point is a single bit: its type must be bool, not {self.type}",
+                )
+            if self.word_order is not WordOrder.BIG:
+                raise field_error(
+                    "word_order", f"word_order does not apply to a {self.table} point"
+                )
+            if self.byte_swap:
+                raise field_error("byte_swap", f"byte_swap does not apply to a {self.table} point")
+        if self.address + self.width > _ADDRESS_SPACE:
+            raise field_error(
+                "address",
+                f"a {self.type} at address {self.address} needs registers up to "
+                f"{self.address + self.width - 1}, past the last address 65535",
+            )
+        if self.type is DataType.BOOL:
+            if self.scale != 1.0:
+                raise field_error("scale", "scale does not apply to a bool point")
+            if self.offset != 0.0:
+                raise field_error("offset", "offset does not apply to a bool point")
+        if self.scale == 0.0:
+            raise field_error("scale", "scale must not be 0 (every value would equal offset)")
+        return self
+
+    def to_spec(self) -> PointSpec:
+        """The point as the core's :class:`~swm_edge.model.PointSpec`."""
+        return PointSpec(
+            name=self.name,
+            table=self.table,
+            address=self.address,
+            type=self.type,
+            word_order=self.word_order,
+            byte_swap=self.byte_swap,
+            scale=self.scale,
+            offset=self.offset,
+            unit=self.unit,
+        )
+
+
+class DeviceQuirks(ConfigModel):
+    """Per-device polling options, for devices that need gentler handling.
+
+    Device profiles may set defaults for these; a device's own settings win.
+    """
+
+    timeout: FiniteFloat | None = Field(
+        default=None,
+        gt=0,
+        le=30,
+        description="Seconds to wait for an answer; default: the bus's timeout.",
+    )
+    retries: StrictInt = Field(
+        default=1, ge=0, le=5, description="Retries of a failed request within one poll."
+    )
+    request_delay: FiniteFloat = Field(
+        default=0.0, ge=0, le=10, description="Pause before each request to this device, seconds."
+    )
+    single_point_reads: StrictBool = Field(
+        default=False,
+        description="Read every point with a request of its own (devices refusing block reads).",
+    )
+    max_gap: StrictInt = Field(
+        default=10,
+        ge=0,
+        le=125,
+        description="Unused registers a block read may span to join two points.",
+    )
+    max_registers: StrictInt = Field(
+        default=125, ge=1, le=125, description="Most registers the device returns in one request."
+    )
+    max_bits: StrictInt = Field(
+        default=2000, ge=1, le=2000, description="Most bits the device returns in one request."
+    )
+    offline_after: StrictInt = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Consecutive failed polls before the device is backed off.",
+    )
+    offline_backoff_max: FiniteFloat = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="Longest wait between attempts to reach a backed-off device, seconds.",
+    )
+
+
+#: The keys of :class:`DeviceQuirks`, which a device profile's ``device:`` may default.
+QUIRK_KEYS: tuple[str, ...] = tuple(DeviceQuirks.model_fields)
+
+
+class DeviceConfig(DeviceQuirks):
+    """A device on a bus, polled every ``interval`` seconds."""
+
+    id: Id = Field(description="Device id; part of the MQTT topic of its readings.")
+    bus: Id = Field(description="Id of the bus the device is on.")
+    unit: StrictInt = Field(
+        ge=0, le=255, description="Modbus unit (slave) id: 1..247 on an RTU bus, 0..255 on TCP."
+    )
+    interval: FiniteFloat = Field(
+        default=10.0, ge=0.1, le=86400, description="Poll interval, seconds."
+    )
+    profile: Id | None = Field(
+        default=None,
+        description="Device profile (NAME of a NAME.yaml) supplying points and quirk defaults.",
+    )
+    driver: Id = Field(
+        default="modbus",
+        description="Driver (entry point in swm_edge.drivers) that reads the device.",
+    )
+    points: list[PointConfig] = Field(
+        default_factory=list,
+        description="Points; they add to the profile's and replace same-named ones.",
+    )
+
+
+class Config(ConfigModel):
+    """A swm-edge configuration file."""
+
+    model_config = ConfigDict(title="swm-edge configuration")
+
+    gateway: GatewayConfig = Field(description="This gateway.")
+    mqtt: MqttConfig = Field(description="The MQTT broker.")
+    buffer: BufferConfig = Field(default=BufferConfig(), description="Local buffer.")
+    buses: list[BusConfig] = Field(
+        default_factory=list, description="Serial lines and TCP connections."
+    )
+    devices: list[DeviceConfig] = Field(default_factory=list, description="Devices to poll.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_client_id(cls, data: Any) -> Any:
+        # The client id defaults to one derived from the gateway id; only a valid id is
+        # used, so a bad gateway id is reported once (at gateway.id), not twice.
+        if not isinstance(data, dict):
+            return data
+        mqtt, gateway = data.get("mqtt"), data.get("gateway")
+        if isinstance(mqtt, dict) and "client_id" not in mqtt and isinstance(gateway, dict):
+            gw_id = gateway.get("id")
+            if isinstance(gw_id, str) and re.fullmatch(ID_PATTERN, gw_id):
+                return {**data, "mqtt": {**mqtt, "client_id": f"swm-edge-{gw_id}"}}
+        return data

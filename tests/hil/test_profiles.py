@@ -1,0 +1,133 @@
+"""The built-in device profiles: well-formed, and their byte orders reproduce the examples
+printed in the manufacturers' documents (shared/reference/devices.json)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from swm_edge_hil.profiles import (
+    available_profiles,
+    load_points,
+    load_profile,
+    profile_path,
+    synthetic_points,
+)
+
+from swm_edge.modbus.codec import decode, encode
+from swm_edge.model import DataType, PointSpec, Table, WordOrder
+
+PROFILES = ["siemens-mag6000", "keller-series30", "yosemitech-y4000"]
+CANONICAL_UNITS = {
+    "m3", "m3/h", "m3/s", "L", "L/s", "L/min", "L/h", "bar", "mbar", "kPa", "Pa", "MPa",
+    "m", "cm", "mm", "Cel", "mg/L", "ug/L", "NTU", "uS/cm", "mS/cm", "pH", "mV", "V", "A",
+    "%", "s", "h", "ppm", "1",
+}  # fmt: skip
+
+
+def words(hex_bytes: str) -> list[int]:
+    data = bytes.fromhex(hex_bytes)
+    return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+
+
+def point(profile: str, name: str) -> PointSpec:
+    return next(p for p in load_points(profile) if p.name == name)
+
+
+def test_the_three_profiles_are_built_in() -> None:
+    assert set(PROFILES) <= set(available_profiles())
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_is_well_formed_and_cites_its_source(name: str) -> None:
+    profile = load_profile(name)
+    assert profile.manufacturer and profile.model and profile.kind
+    assert len(profile.source) > 40
+    assert profile.points
+    for p in profile.points:
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", p.name), p.name
+        assert p.unit is None or p.unit in CANONICAL_UNITS, (p.name, p.unit)
+        assert profile.notes.get(p.name), f"{p.name} has no note"
+        assert p.table is Table.HOLDING  # all three devices read process values with FC 3
+
+
+def test_mag6000_register_map() -> None:
+    profile = load_profile("siemens-mag6000")
+    by_name = {p.name: p for p in profile.points}
+    assert by_name["flow_rate"] == PointSpec(
+        "flow_rate", Table.HOLDING, 3002, DataType.FLOAT32, unit="m3/s"
+    )
+    assert (by_name["totalizer_1"].address, by_name["totalizer_1"].type) == (3014, "float64")
+    assert (by_name["totalizer_2"].address, by_name["totalizer_2"].type) == (3018, "float64")
+    assert by_name["totalizer_1_float"].address == 3022
+    assert by_name["totalizer_2_float"].address == 3024
+    assert "inferred" in profile.notes["totalizer_1"]  # the trust note survived
+    # Appendix H table: 100.0 = 42C80000h, 55.32 = 425D47AEh, -1.0 = BF800000h (ABCD).
+    flow = by_name["flow_rate"]
+    assert decode(flow, words("42C80000")) == 100.0
+    assert decode(flow, words("425D47AE")) == pytest.approx(55.32, abs=1e-5)
+    assert encode(flow, -1.0) == words("BF800000")
+
+
+def test_keller_register_map_and_limits() -> None:
+    profile = load_profile("keller-series30")
+    assert profile.device == {"max_registers": 4}
+    by_name = {p.name: p for p in profile.points}
+    assert (by_name["pressure"].address, by_name["pressure"].unit) == (2, "bar")
+    assert (by_name["temperature"].address, by_name["temperature"].unit) == (8, "Cel")
+    # Document examples: P1 response 3F 75 F0 7B = 0.960701 bar, TOB1 41 B5 C0 79 = 22.719.
+    assert decode(by_name["pressure"], words("3F75F07B")) == pytest.approx(0.960701, abs=1e-6)
+    assert decode(by_name["temperature"], words("41B5C079")) == pytest.approx(22.719, abs=1e-3)
+    assert decode(by_name["pressure"], words("412902DE")) == pytest.approx(10.5632, abs=1e-4)
+
+
+def test_y4000_register_map_is_dcba() -> None:
+    profile = load_profile("yosemitech-y4000")
+    by_name = {p.name: p for p in profile.points}
+    do = by_name["dissolved_oxygen"]
+    assert (do.address, do.unit, do.word_order, do.byte_swap) == (
+        9729, "mg/L", WordOrder.LITTLE, True,
+    )  # fmt: skip
+    # Manual: DO bytes CD CC FC 40 = 7.90 mg/L; 7.6 = 40F33333h is sent as 33 33 F3 40.
+    assert decode(do, words("CDCCFC40")) == pytest.approx(7.90, abs=1e-6)
+    assert encode(by_name["ph"], 7.6) == words("3333F340")
+    assert decode(by_name["supply_voltage"], words("C3F54441")) == pytest.approx(12.31, 1e-6)
+    # The 16-register "read all values" block at 0x2601 holds eight floats back to back.
+    block = sorted(p.address for p in profile.points if 9729 <= p.address < 9729 + 16)
+    assert block == list(range(9729, 9745, 2))
+    assert {"turbidity", "conductivity", "ph", "temperature", "orp"} <= set(by_name)
+    assert "not printed" in profile.notes["turbidity"]
+
+
+def test_load_profile_from_a_file_and_errors(tmp_path: Path) -> None:
+    good = tmp_path / "mine.yaml"
+    good.write_text(
+        "manufacturer: X\nmodel: Y\nkind: meter\nsource: a manual\n"
+        "points:\n  - {name: level, table: input, address: 7, type: int16, scale: 0.01,"
+        " unit: m, note: as printed}\n"
+    )
+    profile = load_profile(good)
+    assert profile.name == "mine"
+    assert profile.points == (
+        PointSpec("level", Table.INPUT, 7, DataType.INT16, scale=0.01, unit="m"),
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("points:\n  - {name: x, table: holding, address: 1, type: float16}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml"):
+        load_profile(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("points:\n  - {name: x, table: holding, adress: 1, type: int16}\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_profile(typo)
+    with pytest.raises(FileNotFoundError):
+        profile_path("no-such-device")
+
+
+def test_synthetic_points_are_packed() -> None:
+    points = synthetic_points(3)
+    assert [(p.name, p.address, p.type) for p in points] == [
+        ("p0", 0, DataType.FLOAT32), ("p1", 2, DataType.FLOAT32), ("p2", 4, DataType.FLOAT32),
+    ]  # fmt: skip
+    bits = synthetic_points(2, table=Table.COIL, type=DataType.BOOL, start=10)
+    assert [p.address for p in bits] == [10, 11]
