@@ -24,19 +24,18 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import ctypes
 import datetime
 import json
 import math
 import os
 import platform
+import re
 import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -128,50 +127,114 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the bench dies without cleaning up (kill -9).
+# Runs in a process of its own and outlives the bench: when the bench dies without cleaning
+# up (kill -9, OOM killer), its end of the pipe closes, and the watchdog stops what is left.
+_WATCHDOG = """
+import os, shutil, signal, sys, time
+pids, dirs = set(), set()
+for line in sys.stdin:
+    verb, _, arg = line.strip().partition(" ")
+    if verb == "pid":
+        pids.add(int(arg))
+    elif verb == "done":
+        pids.discard(int(arg))
+    elif verb == "dir":
+        dirs.add(arg)
+    elif verb == "rmdir":
+        dirs.discard(arg)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for pid in list(pids):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pids.discard(pid)
+    if pids:
+        time.sleep(5)
+for folder in dirs:
+    shutil.rmtree(folder, ignore_errors=True)
+"""
 
-    Linux only (prctl PR_SET_PDEATHSIG); elsewhere the ``finally`` blocks are all there is.
-    Only used for children started before any thread of ours exists, since preexec_fn is not
-    safe to run in a process with threads.
+
+class Watchdog:
+    """Stops our children and removes our temp folders if the bench itself is killed.
+
+    ``finally`` blocks handle Ctrl-C, SIGTERM and errors; this covers SIGKILL, including
+    the mosquitto that :class:`Mosquitto` starts, which we cannot hand a death signal to.
     """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG],
+            stdin=subprocess.PIPE,
+            # Its own session, so Ctrl-C in the terminal does not stop it before the bench.
+            start_new_session=True,
+        )
+
+    def _tell(self, line: str) -> None:
+        stdin = self._proc.stdin
+        if stdin is not None and not stdin.closed:
+            with contextlib.suppress(OSError):
+                stdin.write(f"{line}\n".encode())
+                stdin.flush()
+
+    def watch(self, pid: int) -> None:
+        self._tell(f"pid {pid}")
+
+    def forget(self, pid: int) -> None:
+        self._tell(f"done {pid}")
+
+    def watch_dir(self, folder: Path) -> None:
+        self._tell(f"dir {folder}")
+
+    def forget_dir(self, folder: Path) -> None:
+        self._tell(f"rmdir {folder}")
+
+    def close(self) -> None:
+        """Everything was cleaned up normally: let the watchdog exit with nothing to do."""
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=15)
 
 
-def _popen(argv: Sequence[str], *, linux_guard: bool, **kwargs: Any) -> subprocess.Popen[bytes]:
-    guard = linux_guard and sys.platform == "linux" and threading.active_count() == 1
+WATCHDOG: Watchdog | None = None
+
+
+def _popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     # A session of its own: Ctrl-C in the terminal reaches only the bench, which then stops
     # the children in order (agent first, so it can publish its offline status and exit 0).
-    return subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=_die_with_parent if guard else None,
-        **kwargs,
-    )
+    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)
+    if WATCHDOG is not None:
+        WATCHDOG.watch(proc.pid)
+    return proc
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
     """SIGTERM, then SIGKILL after ``timeout`` s; returns the exit status of the SIGTERM stop."""
-    if proc.poll() is not None:
-        return proc.returncode
-    proc.terminate()
     try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return None
+        if proc.poll() is not None:
+            return proc.returncode
+        proc.terminate()
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None
+    finally:
+        if WATCHDOG is not None:
+            WATCHDOG.forget(proc.pid)
 
 
 @contextlib.contextmanager
-def simulators(devices: int, points: int) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any]]]:
+def simulators(
+    devices: int, points: int
+) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any]]]:
     """``python -m swm_edge_hil tcp``: N simulators; yields the process and its JSON line."""
     argv = [sys.executable, "-m", "swm_edge_hil", "tcp", "--devices", str(devices)]
     argv += ["--points", str(points)]
-    proc = _popen(argv, linux_guard=True, stdout=subprocess.PIPE)
+    proc = _popen(argv, stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         # The JSON line comes once every server listens; select() keeps a dead or hung
@@ -185,6 +248,39 @@ def simulators(devices: int, points: int) -> Iterator[tuple[subprocess.Popen[byt
         _stop(proc, 5.0)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@contextlib.contextmanager
+def temp_dir() -> Iterator[Path]:
+    """A private temporary folder for the config, the agent's buffer and log, the broker."""
+    folder = Path(tempfile.mkdtemp(prefix="swm-bench-e2e-"))
+    if WATCHDOG is not None:
+        WATCHDOG.watch_dir(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if WATCHDOG is not None:
+            WATCHDOG.forget_dir(folder)
+
+
+@contextlib.contextmanager
+def mosquitto(folder: Path) -> Iterator[Mosquitto]:
+    """A started mosquitto on a free loopback port, watched by the watchdog while it runs."""
+    # mosquitto drops QoS 1 messages queued for a subscriber beyond 1000 by default; the
+    # subscriber stands in for a backend, so a drop there must not look like the agent's.
+    broker = Mosquitto(workdir=folder, extra_config=["max_queued_messages 100000"])
+    pid: int | None = None
+    try:
+        broker.start()
+        pid = broker.pid
+        if WATCHDOG is not None and pid is not None:
+            WATCHDOG.watch(pid)
+        yield broker
+    finally:
+        broker.close()
+        if WATCHDOG is not None and pid is not None:
+            WATCHDOG.forget(pid)
 
 
 def write_config(folder: Path, workload: Workload, sims: dict[str, Any], broker: Mosquitto) -> Path:
@@ -333,40 +429,78 @@ def start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[byte
     # --nonblocking: py-spy reads the agent's memory without pausing it, so the agent's own
     # figures move as little as possible; --threads tells the loop from the workers.
     argv += ["--rate", "200", "--nonblocking", "--threads", "--format", "raw", "-o", str(out)]
-    return _popen(argv, linux_guard=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
-    """Self and inclusive sample shares per function, and per thread, from py-spy raw output."""
-    self_counts: collections.Counter[str] = collections.Counter()
-    incl_counts: collections.Counter[str] = collections.Counter()
-    threads: collections.Counter[str] = collections.Counter()
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
+
+# Where a sample's time goes, by the first of these functions found on its stack (most
+# specific first): the stages of the data path, so the figures read as "what to optimise".
+STAGES: tuple[tuple[str, str, str], ...] = (
+    ("Buffer.append", "swm_edge/buffer.py", "buffer: append (SQLite insert + commit)"),
+    ("Buffer.fetch", "swm_edge/buffer.py", "buffer: fetch (SQLite select + decode)"),
+    ("Buffer.ack", "swm_edge/buffer.py", "buffer: ack (SQLite delete)"),
+    ("encode", "swm_edge/publish/encoders/json_v1.py", "publish: JSON encode (wire v1)"),
+    ("Destination._publish_rows", "swm_edge/publish/mqtt.py", "publish: paho publish()"),
+    ("ModbusDriver.read", "drivers/modbus/__init__.py", "poll: Modbus driver (requests+decode)"),
+    ("DevicePoller.run", "swm_edge/scheduler.py", "poll: scheduler, sink, other"),
+    ("Client.loop_forever", "paho/mqtt/client.py", "mqtt network thread (socket I/O, PUBACKs)"),
+    ("Destination._on_published", "swm_edge/publish/mqtt.py", "publish: PUBACK bookkeeping"),
+    ("Spool.run", "swm_edge/spool.py", "spool: batching"),
+)
+
+
+def _split_frame(frame: str) -> tuple[str, str]:
+    match = _FRAME.match(frame)
+    return (match["func"], match["file"]) if match else (frame, "")
+
+
+def _module_of(file: str) -> str:
+    """Our own files one by one; anything else by its top-level package (json, paho...)."""
+    if file.startswith(("swm_edge/", "drivers/")):
+        return file
+    return file.split("/", 1)[0].removesuffix(".py") or "?"
+
+
+def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
+    """Sample shares by thread, data-path stage, module and function, from py-spy raw output.
+
+    Shares are of all non-idle samples (py-spy leaves out threads that are waiting), so
+    they split the agent's CPU time; line numbers are dropped so a function counts once.
+    """
+    counters: dict[str, collections.Counter[str]] = {
+        key: collections.Counter() for key in ("threads", "stages", "modules", "self", "ours")
+    }
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack:
+        if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = stack.split(";")
-        thread, frames = frames[0], frames[1:]
+        thread, *raw_frames = stack.split(";")
+        frames = [_split_frame(f) for f in raw_frames]
         total += count
-        threads[thread.split(" ")[-1].strip("\"'") if "(" not in thread else thread] += count
+        counters["threads"][thread.split(": ", 1)[-1]] += count
+        stage = "event loop, other"
+        for func, file, name in STAGES:
+            if (func, file) in frames:
+                stage = name
+                break
+        counters["stages"][stage] += count
         if frames:
-            self_counts[frames[-1]] += count
-        for frame in set(frames):
-            incl_counts[frame] += count
+            func, file = frames[-1]
+            counters["modules"][_module_of(file)] += count
+            counters["self"][f"{func} ({file})"] += count
+        # Inclusive time of our own functions, counted once per sample even when recursive.
+        ours = {f"{fn} ({fl})" for fn, fl in frames if fl.startswith(("swm_edge/", "drivers/"))}
+        for name in ours - {"<module> (swm_edge/__main__.py)", "run (swm_edge/cli/__init__.py)"}:
+            counters["ours"][name] += count
     if not total:
         return {}
-
-    def share(counter: collections.Counter[str]) -> list[tuple[str, float]]:
-        return [(name, 100.0 * n / total) for name, n in counter.most_common(top)]
-
-    return {
-        "samples": total,
-        "threads": share(threads),
-        "self": share(self_counts),
-        "inclusive": share(incl_counts),
-    }
+    summary: dict[str, Any] = {"samples": total}
+    for key, counter in counters.items():
+        summary[key] = [(name, 100.0 * n / total) for name, n in counter.most_common(top)]
+    return summary
 
 
 def run_workload(
@@ -381,18 +515,16 @@ def run_workload(
     # Whole poll rounds in the window, so every window holds the same number of polls.
     window = max(interval, math.ceil(seconds / interval) * interval)
     with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swm-bench-e2e-")))
+        tmp = stack.enter_context(temp_dir())
         console.print(f"[bold]{workload.name}[/bold] {workload.title}: {workload.shape}")
         sims_proc, sims = stack.enter_context(simulators(workload.devices, workload.points))
-        broker = Mosquitto(workdir=tmp / "mosquitto")
-        stack.callback(broker.close)
-        broker.start()
+        broker = stack.enter_context(mosquitto(tmp / "mosquitto"))
         config = write_config(tmp, workload, sims, broker)
         log_path = tmp / "agent.log"
         log_file = stack.enter_context(log_path.open("wb"))
         argv = [sys.executable, "-m", "swm_edge", "run", "--config", str(config)]
         argv += ["--log-format", "text"]
-        agent = _popen(argv, linux_guard=True, stdout=log_file, stderr=subprocess.STDOUT)
+        agent = _popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
         exit_status: list[int | None] = []
         # Registered after the collector below, so runs before it closes: the agent's last
         # messages and offline status still find a subscriber.
@@ -505,15 +637,24 @@ def results_table(results: Sequence[Result]) -> Table:
         ("messages/s", [f"{r.messages_ps:,.1f}" for r in results]),
         ("agent CPU, % of one core", [f"{r.agent_cpu_pct:.2f}" for r in results]),
         ("agent CPU-s per 1000 readings", [f"{r.cpu_s_per_1000:.4f}" for r in results]),
-        ("agent RSS peak / final, MiB", [f"{r.rss_peak_mib:.1f} / {r.rss_final_mib:.1f}" for r in results]),
-        ("latency p50 / p99, ms", [f"{r.latency_p50_ms:.0f} / {r.latency_p99_ms:.0f}" for r in results]),
+        (
+            "agent RSS peak / final, MiB",
+            [f"{r.rss_peak_mib:.1f} / {r.rss_final_mib:.1f}" for r in results],
+        ),
+        (
+            "latency p50 / p99, ms",
+            [f"{r.latency_p50_ms:.0f} / {r.latency_p99_ms:.0f}" for r in results],
+        ),
         ("latency max, ms", [f"{r.latency_max_ms:.0f}" for r in results]),
         ("missing seqs / duplicates", [f"{r.missing_seqs} / {r.duplicate_seqs}" for r in results]),
         ("simulators CPU, % of one core", [f"{r.sims_cpu_pct:.1f}" for r in results]),
         ("mosquitto CPU, % of one core", [f"{r.broker_cpu_pct:.1f}" for r in results]),
         ("bench (subscriber) CPU, %", [f"{r.bench_cpu_pct:.1f}" for r in results]),
         ("load average (1 min) at end", [f"{r.load_avg_1m:.2f}" for r in results]),
-        ("agent exit status / log warnings", [f"{r.agent_exit} / {r.agent_log_problems}" for r in results]),
+        (
+            "agent exit status / log warnings",
+            [f"{r.agent_exit} / {r.agent_log_problems}" for r in results],
+        ),
         ("target", [r.target for r in results]),
     ]
     for name, values in rows:
@@ -529,7 +670,14 @@ def print_profile(console: Console, result: Result) -> None:
         f"\n[bold]{result.workload} agent profile[/bold] ({prof['samples']} py-spy samples of "
         f"non-idle threads; {prof['file']})"
     )
-    for title, key in (("by thread", "threads"), ("self", "self"), ("inclusive", "inclusive")):
+    sections = (
+        ("by thread", "threads"),
+        ("by stage of the data path", "stages"),
+        ("by module (self time)", "modules"),
+        ("by function (self time)", "self"),
+        ("our functions (inclusive time)", "ours"),
+    )
+    for title, key in sections:
         table = Table(title=title, title_justify="left")
         table.add_column("%", justify="right")
         table.add_column("where")
@@ -559,18 +707,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=50, help="custom workload only")
     parser.add_argument("--points", type=int, default=100, help="custom workload only")
     parser.add_argument("--interval", type=float, default=1.0, help="custom workload only")
-    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="record the agent with py-spy during the window (adds some load)")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
-                        help="also write the figures as JSON")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record the agent with py-spy during the window (adds some load)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON"
+    )
     args = parser.parse_args(argv)
 
     if args.workload == "all":
         chosen = list(WORKLOADS.values())
     elif args.workload == "custom":
-        chosen = [
-            Workload("custom", "custom", args.devices, args.points, args.interval, "-")
-        ]
+        chosen = [Workload("custom", "custom", args.devices, args.points, args.interval, "-")]
     else:
         chosen = [WORKLOADS[args.workload]]
 
@@ -583,12 +735,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)
     console.print(f"machine: {machine()}")
+    global WATCHDOG
+    WATCHDOG = Watchdog()
     results: list[Result] = []
     try:
         for workload in chosen:
-            results.append(
-                run_workload(workload, args.seconds, args.warmup, args.profile, console)
-            )
+            results.append(run_workload(workload, args.seconds, args.warmup, args.profile, console))
     except (KeyboardInterrupt, Interrupted):
         console.print("[yellow]interrupted; every process stopped[/yellow]")
         return 130
@@ -599,6 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print_profile(console, result)
             if args.json is not None:
                 args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+        WATCHDOG.close()
     return 0
 
 

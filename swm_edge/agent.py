@@ -19,7 +19,7 @@ from swm_edge.driver import load_driver
 from swm_edge.model import DeviceSpec, Reading
 from swm_edge.publish.encoders import encode_json_v1
 from swm_edge.publish.mqtt import BrokerSettings, Destination
-from swm_edge.scheduler import DevicePoller
+from swm_edge.scheduler import DevicePoller, Sink
 from swm_edge.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _with_bus_defaults(device: DeviceSpec, bus: Bus) -> DeviceSpec:
 
 
 def build_pollers(
-    loaded: LoadedConfig, buses: dict[str, Bus], sink: object, device_ids: Sequence[str] = ()
+    loaded: LoadedConfig, buses: dict[str, Bus], sink: Sink, device_ids: Sequence[str] = ()
 ) -> list[DevicePoller]:
     """A poller per configured device (or per listed id), each with its driver."""
     pollers = []
@@ -71,7 +71,7 @@ def build_pollers(
         bus = buses[device.bus]
         device = _with_bus_defaults(device, bus)
         driver = load_driver(device.driver)(device)
-        pollers.append(DevicePoller(device, driver, bus, sink))  # type: ignore[arg-type]
+        pollers.append(DevicePoller(device, driver, bus, sink))
     return pollers
 
 
@@ -83,7 +83,12 @@ class Agent:
         cfg = loaded.config
         path = Path(cfg.buffer.path)
         max_bytes = int(cfg.buffer.max_mb * 1024 * 1024)
-        self.spool = Spool(lambda: Buffer(path, max_bytes=max_bytes, destinations=["default"]))
+
+        def open_buffer() -> Buffer:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return Buffer(path, max_bytes=max_bytes, destinations=["default"])
+
+        self.spool = Spool(open_buffer)
         self.buses = {spec.id: Bus(spec) for spec in loaded.buses}
         self.pollers = build_pollers(loaded, self.buses, self.spool.put)
         self.destination = Destination(

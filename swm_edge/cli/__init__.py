@@ -80,7 +80,11 @@ def run(config_path: Path, log_level: str, log_format: str) -> None:
 
     try:
         asyncio.run(_main())
-    except BufferFileError as exc:
+    except LookupError as exc:  # password_env names a variable that is not set
+        click.echo(f"swm-edge: mqtt.password_env: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    except (BufferFileError, OSError) as exc:
+        # The buffer or the password file cannot be opened: nothing to run on, nothing lost.
         click.echo(f"swm-edge: {exc}", err=True)
         sys.exit(1)
 

@@ -464,18 +464,17 @@ def _error_message(
 
 
 def validation_issues(
-    exc: ValidationError, doc: YamlDocument, root: type[BaseModel], prefix: Loc = ()
+    exc: ValidationError, doc: YamlDocument, root: type[BaseModel]
 ) -> list[ConfigIssue]:
-    """Turn a pydantic ``ValidationError`` of ``root`` (validated from ``doc.data`` at
-    ``prefix``) into issues at the YAML positions of the offending nodes.
+    """Turn a pydantic ``ValidationError`` of ``root`` (validated from ``doc.data``) into
+    issues at the YAML positions of the offending nodes.
 
     Missing and unknown keys are reported at a key (the mapping's own key for a missing
     one), bad values at the value.
     """
     issues: list[ConfigIssue] = []
-    base = _walk(doc.data, prefix)[1]
     for err in exc.errors(include_url=False):
-        real, node, missing = _walk(base, err["loc"])
+        real, node, missing = _walk(doc.data, err["loc"])
         ctx = err.get("ctx") or {}
         # Errors raised by a model validator name the field they are about in ctx; union
         # tag errors are about the "type" key.
@@ -487,8 +486,8 @@ def validation_issues(
                 real = (*real, field)
             else:
                 missing = field
-        message = _error_message(err, root, real, missing, base)
-        full = (*prefix, *real)
+        message = _error_message(err, root, real, missing, doc.data)
+        full = real
         if missing is not None:
             line, col = doc.key_position(full)
             full = (*full, missing)
@@ -611,19 +610,18 @@ class _Checker:
                 "(0 is broadcast, which no device answers)",
             )
 
-        driver = _text(device, "driver", ID_PATTERN) if "driver" in device else "modbus"
+        # Driver problems are reported at the driver key, or at the id for the default one.
+        given = "driver" in device
+        driver_loc: Loc = (*loc, "driver") if given else (*loc, "id")
+        driver = _text(device, "driver", ID_PATTERN) if given else "modbus"
         driver_ok = driver is not None and driver in self.installed
         if driver is not None and not driver_ok:
             installed = ", ".join(sorted(self.installed)) or "none"
-            if "driver" in device:
-                self.error(
-                    (*loc, "driver"), f"driver {driver!r} is not installed (installed: {installed})"
-                )
-            else:
-                self.error(
-                    (*loc, "id"),
-                    f"driver {driver!r} (the default) is not installed (installed: {installed})",
-                )
+            default = "" if given else " (the default)"
+            self.error(
+                driver_loc,
+                f"driver {driver!r}{default} is not installed (installed: {installed})",
+            )
 
         points = device.get("points", [])
         own_points = (
@@ -640,7 +638,7 @@ class _Checker:
             name = _text(device, "profile", ID_PATTERN)
             if name is None:
                 return  # the model reports a malformed name
-            profile = self._resolve_profile(i, name, driver if driver_ok else None)
+            profile = self._resolve_profile(i, name, driver if driver_ok else None, driver_loc)
             if profile is None:
                 return  # reported; its points are unknown
             self.device_profiles[i] = profile
@@ -654,17 +652,21 @@ class _Checker:
                 at="key",
             )
 
-    def _driver_profile_dirs(self, i: int, driver: str) -> list[Path] | None:
+    def _driver_profile_dirs(self, driver: str, driver_loc: Loc) -> list[Path] | None:
+        # Loaded only when a profile is not found elsewhere; a broken plugin is reported
+        # once, at the first device that needs it.
         if driver not in self._driver_dirs:
             try:
                 cls = load_driver(driver)
                 self._driver_dirs[driver] = [Path(d) for d in cls.profile_dirs]
             except Exception as exc:  # a broken plugin is a config problem, not a crash
                 self._driver_dirs[driver] = None
-                self.error(("devices", i, "driver"), f"driver {driver!r} cannot be loaded: {exc}")
+                self.error(driver_loc, f"driver {driver!r} cannot be loaded: {exc}")
         return self._driver_dirs[driver]
 
-    def _resolve_profile(self, i: int, name: str, driver: str | None) -> ProfileConfig | None:
+    def _resolve_profile(
+        self, i: int, name: str, driver: str | None, driver_loc: Loc
+    ) -> ProfileConfig | None:
         """The profile ``name`` of device ``i`` (``driver``: its driver, if installed)."""
         from swm_edge.config.profiles import find_profile, load_profile, profile_names
 
@@ -673,7 +675,7 @@ class _Checker:
         if found is None:
             if driver is None:
                 return None  # the driver problem is reported; its profiles are unknown
-            driver_dirs = self._driver_profile_dirs(i, driver)
+            driver_dirs = self._driver_profile_dirs(driver, driver_loc)
             if driver_dirs is None:
                 return None
             searched += driver_dirs

@@ -38,6 +38,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from swm_edge.modbus.codec import register_count
 from swm_edge.model import BusSpec, DataType, PointSpec, Table, WordOrder
 from swm_edge.units import CANONICAL_UNITS, check_unit
 
@@ -101,19 +102,8 @@ BAUDRATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
 
 DEFAULT_BUFFER_PATH = Path("/var/lib/swm-edge/buffer.sqlite")
 
-# The largest Modbus address; a point's last register must not pass it.
+# Addresses per Modbus table; a point's last register must lie below this.
 _ADDRESS_SPACE = 0x10000
-_REGISTER_WIDTH: dict[DataType, int] = {
-    DataType.INT16: 1,
-    DataType.UINT16: 1,
-    DataType.BOOL: 1,
-    DataType.INT32: 2,
-    DataType.UINT32: 2,
-    DataType.FLOAT32: 2,
-    DataType.INT64: 4,
-    DataType.UINT64: 4,
-    DataType.FLOAT64: 4,
-}
 
 
 def field_error(field: str, message: str) -> PydanticCustomError:
@@ -125,7 +115,7 @@ def field_error(field: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("swm_config", message, {"field": field})
 
 
-def _one_of(*choices: int) -> Any:
+def _one_of(*choices: int) -> AfterValidator:
     # Literal[1, 2] would accept True and 1.0; a strict int with an explicit check does not.
     listed = ", ".join(str(c) for c in choices)
 
@@ -483,7 +473,7 @@ class PointConfig(ConfigModel):
     @property
     def width(self) -> int:
         """Registers (or bits, in a bit table) the point occupies."""
-        return 1 if self.table.is_bits else _REGISTER_WIDTH[self.type]
+        return 1 if self.table.is_bits else register_count(self.type)
 
     @model_validator(mode="after")
     def _consistent(self) -> PointConfig:

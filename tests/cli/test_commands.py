@@ -134,3 +134,51 @@ def test_demo_runs_end_to_end() -> None:
     counts = dict(re.findall(r"^\s+([\w-]+): (\d+) messages", result.stdout, re.M))
     assert set(counts) == {"inlet-flow", "inlet-pressure", "reservoir-quality"}
     assert all(int(n) >= 2 for n in counts.values()), counts
+
+
+def test_validate_warns_when_a_serial_line_is_too_slow(tmp_path: Path) -> None:
+    config = tmp_path / "slow.yaml"
+    config.write_text(
+        "gateway: {id: gw-1}\n"
+        "mqtt: {host: 127.0.0.1}\n"
+        "buses:\n"
+        "  - {id: rs485-1, type: modbus-rtu, port: /dev/ttyUSB0, baudrate: 1200}\n"
+        "devices:\n"
+        "  - {id: p1, bus: rs485-1, unit: 1, interval: 1, profile: keller-series30}\n"
+        "  - {id: q1, bus: rs485-1, unit: 2, interval: 1, profile: yosemitech-y4000}\n"
+    )
+    slow = swm_edge("validate", "--config", str(config))
+    assert slow.returncode == 0  # a warning, not an error
+    warning = re.search(
+        rf"warning: {re.escape(str(config))}:4:\d+: buses\.0: .*?([\d.]+) s of wire time "
+        r"per second at 1200 baud: devices p1 ([\d.]+), q1 ([\d.]+)",
+        slow.stderr,
+    )
+    assert warning, slow.stderr
+    total, p1, q1 = (float(g) for g in warning.groups())
+    assert total > 1.0 and abs(total - (p1 + q1)) < 0.02
+    config.write_text(
+        config.read_text().replace("1200", "19200").replace("interval: 1", "interval: 10")
+    )
+    fast = swm_edge("validate", "--config", str(config))
+    assert fast.returncode == 0 and "warning" not in fast.stderr
+
+
+def test_run_without_its_secret_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "gateway: {id: gw-1}\n"
+        "mqtt: {host: 127.0.0.1, username: gw-1, password_env: SWM_TEST_UNSET_PASSWORD}\n"
+        f"buffer: {{path: {tmp_path / 'b.sqlite'}}}\n"
+        "buses: [{id: lan, type: modbus-tcp, host: 127.0.0.1}]\n"
+        "devices: [{id: d, bus: lan, unit: 1, profile: keller-series30}]\n"
+    )
+    result = swm_edge("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "SWM_TEST_UNSET_PASSWORD is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "c.yaml").write_text(
+        config.read_text().replace("password_env: SWM_TEST_UNSET_PASSWORD", "password_file: pw")
+    )
+    missing = swm_edge("run", "--config", str(config))
+    assert missing.returncode == 1 and "pw" in missing.stderr and "Traceback" not in missing.stderr

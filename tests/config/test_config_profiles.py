@@ -252,3 +252,24 @@ def test_profile_name_cannot_escape_the_folders(tmp_path: Path) -> None:
         load_config(site)
     (issue,) = info.value.issues
     assert issue.path == "devices.0.profile" and "letters, digits" in issue.message
+
+
+def test_broken_driver_plugin_is_reported_once_at_the_devices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(name: str) -> None:
+        raise ImportError(f"No module named 'swm_edge_drivers.{name}'")
+
+    monkeypatch.setattr("swm_edge.config.loader.load_driver", broken)
+    text = CONFIG + "  - {id: fm-2, bus: lan, unit: 2, driver: modbus, profile: acme-fm1}\n"
+    site = write(tmp_path / "site.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_config(site)
+    # Only the driver's own profiles needed loading; it is reported at the first device's
+    # id (the driver is the default there), not as an unknown profile.
+    (issue,) = info.value.issues
+    assert (issue.line, issue.col, issue.path) == (5, 9, "devices.0.id")
+    assert "driver 'modbus' cannot be loaded: No module named" in issue.message
+    # A profile found before the driver's folders needs no driver loading at all.
+    lib = profile_dir(tmp_path)
+    assert len(load_config(site, profile_dirs=[lib]).devices) == 2

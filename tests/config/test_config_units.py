@@ -8,10 +8,38 @@ from hypothesis import strategies as st
 
 from swm_edge.units import CANONICAL_UNITS, UNIT_DESCRIPTIONS, check_unit
 
-REQUIRED = (
-    "m3 m3/h m3/s L L/s L/min L/h bar mbar kPa Pa MPa m cm mm Cel mg/L ug/L NTU uS/cm "
-    "mS/cm pH mV V A % s h ppm 1"
-).split()
+REQUIRED = [
+    "m3",
+    "m3/h",
+    "m3/s",
+    "L",
+    "L/s",
+    "L/min",
+    "L/h",
+    "bar",
+    "mbar",
+    "kPa",
+    "Pa",
+    "MPa",
+    "m",
+    "cm",
+    "mm",
+    "Cel",
+    "mg/L",
+    "ug/L",
+    "NTU",
+    "uS/cm",
+    "mS/cm",
+    "pH",
+    "mV",
+    "V",
+    "A",
+    "%",
+    "s",
+    "h",
+    "ppm",
+    "1",
+]
 
 
 def test_required_units_are_canonical() -> None:

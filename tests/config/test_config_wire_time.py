@@ -63,7 +63,8 @@ def test_overloaded_1200_baud_line_warns_with_figures(tmp_path: Path) -> None:
     assert (warning.file, warning.line, warning.col, warning.path) == (str(path), 5, 5, "buses.1")
     assert warning.severity == "warning"
     assert warning.message.startswith(
-        "line 'rs485-1' needs 1.35 s of wire time per second at 1200 baud: devices q-2 0.77, p-1 0.58;"
+        "line 'rs485-1' needs 1.35 s of wire time per second at 1200 baud: "
+        "devices q-2 0.77, p-1 0.58;"
     )
     # A warning does not stop the config from loading.
     assert [d.id for d in loaded.devices] == ["p-1", "q-2", "t-3"]

@@ -256,3 +256,22 @@ def test_serial_adapter_unplugged_and_replugged(
     flow = per_device(telemetry(sub.messages()), "flow-1")
     assert all(d["readings"]["flow_rate"]["quality"] == "good" for d in flow)
     assert agent.stop() == 0
+
+
+def test_password_from_file_works_and_never_reaches_the_log(
+    tmp_path: Path, site: DemoSite, mosquitto_factory: Any, mqtt_collector: Any, run_agent: Any
+) -> None:
+    secret = "Wq7-unlikely-secret-9f2"
+    broker = mosquitto_factory(users={"gw-it": secret, "backend": "b"}, allow_anonymous=False)
+    sub = mqtt_collector(broker, f"swm/{GATEWAY}/+/telemetry", username="backend", password="b")
+    (tmp_path / "mqtt-password").write_text(secret + "\n")
+    config = site_config(
+        tmp_path, broker, site, mqtt_extra=", username: gw-it, password_file: mqtt-password"
+    )
+    agent = run_agent(config)
+    wait_docs(sub, 1, device="flow-1")
+    assert agent.stop() == 0
+    log = agent.log()
+    assert "connected to" in log  # debug logging was on, and it says nothing of the secret
+    assert secret not in log
+    assert secret not in config.read_text()

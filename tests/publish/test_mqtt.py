@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from swm_edge.buffer import Buffer
 from swm_edge.model import PointValue, Reading
 from swm_edge.publish.encoders import encode_json_v1
@@ -67,8 +69,9 @@ def telemetry(collector: MqttCollector) -> list[dict[str, Any]]:
     return [m.json() for m in collector.messages("swm/gw-1/+/telemetry")]
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_every_reading_is_delivered_then_deleted(
-    tmp_path: Path, mosquitto: Mosquitto, mqtt_collector: Any
+    tmp_path: Path, mosquitto: Mosquitto, mqtt_collector: Any, protocol: str
 ) -> None:
     sub = mqtt_collector(mosquitto, "swm/#")
 
@@ -80,9 +83,11 @@ def test_every_reading_is_delivered_then_deleted(
         await dest.flush_acks()
         assert (await spool.stats()).depth == 0
 
-    asyncio.run(with_destination(tmp_path, settings(mosquitto), body))
+    asyncio.run(with_destination(tmp_path, settings(mosquitto, protocol=protocol), body))
     docs = telemetry(sub)
     assert [d["seq"] for d in docs] == list(range(1, 201))
+    # mosquitto logs the protocol of each client: p5 = MQTT 5, p2 = MQTT 3.1.1
+    assert f"as gw-test (p{'5' if protocol == '5' else '2'}," in mosquitto.log_text()
     for d in docs:
         i = d["seq"] - 1
         assert d["device"] == ("dev-a" if i % 2 else "dev-b")
