@@ -2,7 +2,9 @@
 
 A bus opens its line with backoff, serialises every request on it (an RS-485 line is
 half-duplex; one TCP connection carries one transaction at a time with our stacks), keeps
-the per-line pause between requests, and hands drivers a :class:`~swm_edge.driver.ModbusTransport`.
+the per-line pause between requests, and hands drivers a transport: a
+:class:`~swm_edge.driver.ModbusTransport` on Modbus buses, a
+:class:`~swm_edge.driver.SerialTransport` on raw serial buses (M-Bus, SDI-12).
 When the line fails (USB adapter unplugged, TCP reset) the bus closes it and reopens it in
 the background with exponential backoff and jitter; meanwhile reads fail fast with
 ``connection`` so devices get bad readings instead of waiting.
@@ -30,6 +32,7 @@ from swm_edge.driver import (
     DeviceTimeout,
     ModbusTransport,
     ReadError,
+    SerialTransport,
 )
 from swm_edge.model import BusSpec, Table
 
@@ -41,9 +44,12 @@ T = TypeVar("T")
 # long (and discarding what arrives) keeps it from being taken as the next answer.
 SERIAL_QUIET_AFTER_TIMEOUT = 0.05
 
+# Bus types whose line is a raw serial port handed to the driver as a SerialTransport.
+SERIAL_BUS_TYPES = frozenset({"mbus", "sdi12"})
 
-class ModbusLine(ABC):
-    """A Modbus stack bound to one line. Raises only :class:`ReadError` subclasses."""
+
+class Line(ABC):
+    """One physical line or connection, opened and closed by its :class:`Bus`."""
 
     def __init__(self, spec: BusSpec) -> None:
         self.spec = spec
@@ -60,6 +66,10 @@ class ModbusLine(ABC):
     @abstractmethod
     def is_open(self) -> bool:
         """Whether the line is usable right now."""
+
+
+class ModbusLine(Line):
+    """A Modbus stack bound to one line. Raises only :class:`ReadError` subclasses."""
 
     @abstractmethod
     async def read_registers(
@@ -322,23 +332,125 @@ class MinimalmodbusLine(ModbusLine):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def make_line(spec: BusSpec) -> ModbusLine:
-    """The stack adapter a bus spec asks for."""
+# The port's own read timeout: short, so a read can honour its caller's deadline without
+# reconfiguring the port for every call.
+SERIAL_POLL = 0.02
+
+
+def _read_bounded(ser: Any, max_size: int, timeout: float, terminator: bytes | None) -> bytes:
+    """Read until ``max_size`` bytes, the terminator, or the deadline, whichever is first."""
+    deadline = time.monotonic() + timeout
+    buf = bytearray()
+    while len(buf) < max_size:
+        # With a terminator, one byte at a time: what follows it belongs to the next
+        # answer and must stay queued (serial lines this slow make that cheap).
+        chunk = ser.read(1 if terminator is not None else max_size - len(buf))
+        if chunk:
+            buf += chunk
+            if terminator is not None and buf.endswith(terminator):
+                break
+        elif time.monotonic() >= deadline:
+            break
+    return bytes(buf)
+
+
+class SerialPortLine(Line):
+    """A raw serial port (M-Bus, SDI-12) driven by pyserial in one worker thread."""
+
+    def __init__(self, spec: BusSpec) -> None:
+        super().__init__(spec)
+        self._serial: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bus-{spec.id}")
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except OSError as exc:  # pyserial's SerialException is an OSError
+            raise ConnectionLost(f"{self.spec.port}: {exc}") from exc
+
+    async def open(self) -> None:
+        await self.close()
+        import serial
+
+        port = self.spec.port or ""
+        if not os.path.exists(port):
+            raise ConnectionLost(f"serial port {port} is not present")
+        self._serial = await self._run(
+            lambda: serial.Serial(
+                port,
+                baudrate=self.spec.baudrate,
+                parity=self.spec.parity,
+                stopbits=self.spec.stopbits,
+                bytesize=self.spec.bytesize,
+                timeout=SERIAL_POLL,
+            )
+        )
+
+    async def close(self) -> None:
+        ser, self._serial = self._serial, None
+        if ser is not None:
+            with contextlib.suppress(ConnectionLost):
+                await self._run(ser.close)
+
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None and bool(self._serial.is_open)
+
+    def _port(self) -> Any:
+        if self._serial is None:
+            raise ConnectionLost(f"{self.spec.port} is not open")
+        return self._serial
+
+    async def write(self, data: bytes) -> None:
+        ser = self._port()
+
+        def _write() -> None:
+            ser.write(data)
+            ser.flush()
+
+        await self._run(_write)
+
+    async def read(self, size: int, *, timeout: float) -> bytes:
+        ser = self._port()
+        return await self._run(lambda: _read_bounded(ser, size, timeout, None))
+
+    async def read_until(self, terminator: bytes, *, timeout: float, max_size: int = 256) -> bytes:
+        ser = self._port()
+        return await self._run(lambda: _read_bounded(ser, max_size, timeout, terminator))
+
+    async def reset_input(self) -> None:
+        ser = self._port()
+        await self._run(ser.reset_input_buffer)
+
+    async def send_break(self, duration: float) -> None:
+        ser = self._port()
+        await self._run(lambda: ser.send_break(duration))
+
+    def shutdown(self) -> None:
+        """Stop the worker thread (after :meth:`close`)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def make_line(spec: BusSpec) -> Line:
+    """The line a bus spec asks for."""
+    if spec.type in SERIAL_BUS_TYPES:
+        return SerialPortLine(spec)
     if spec.type == "modbus-rtu" and spec.backend == "minimalmodbus":
         return MinimalmodbusLine(spec)
     return PymodbusLine(spec)
 
 
-class _GuardedTransport:
-    """What a driver sees during its turn on the bus: pauses between requests, and
-    reports a dead line to the bus so it is reopened."""
+class _Guard:
+    """What a driver sees during its turn on the bus: pauses between requests, and reports
+    a dead line to the bus so it is reopened."""
 
     def __init__(self, bus: Bus, request_delay: float) -> None:
         self._bus = bus
         self._delay = max(request_delay, bus.spec.request_delay)
 
-    async def _guard(self, call: Callable[[], Any]) -> Any:
-        await self._bus._pause(self._delay)
+    async def _guard(self, call: Callable[[], Any], *, pause: bool = True) -> Any:
+        if pause:
+            await self._bus._pause(self._delay)
         try:
             return await call()
         except ConnectionLost:
@@ -351,10 +463,15 @@ class _GuardedTransport:
         finally:
             self._bus._last_request_end = time.monotonic()
 
+
+class _GuardedModbus(_Guard):
+    """A :class:`ModbusTransport` over the bus's Modbus line."""
+
     async def read_registers(
         self, unit: int, table: Table, address: int, count: int, *, timeout: float
     ) -> list[int]:
         line = self._bus.line
+        assert isinstance(line, ModbusLine)
         result: list[int] = await self._guard(
             lambda: line.read_registers(unit, table, address, count, timeout=timeout)
         )
@@ -364,10 +481,45 @@ class _GuardedTransport:
         self, unit: int, table: Table, address: int, count: int, *, timeout: float
     ) -> list[bool]:
         line = self._bus.line
+        assert isinstance(line, ModbusLine)
         result: list[bool] = await self._guard(
             lambda: line.read_bits(unit, table, address, count, timeout=timeout)
         )
         return result
+
+
+class _GuardedSerial(_Guard):
+    """A :class:`SerialTransport` over the bus's serial port; the pause applies before
+    each write (a request), not before reads of its answer."""
+
+    def _line(self) -> SerialPortLine:
+        line = self._bus.line
+        assert isinstance(line, SerialPortLine)
+        return line
+
+    async def write(self, data: bytes) -> None:
+        line = self._line()
+        await self._guard(lambda: line.write(data))
+
+    async def read(self, size: int, *, timeout: float) -> bytes:
+        line = self._line()
+        result: bytes = await self._guard(lambda: line.read(size, timeout=timeout), pause=False)
+        return result
+
+    async def read_until(self, terminator: bytes, *, timeout: float, max_size: int = 256) -> bytes:
+        line = self._line()
+        result: bytes = await self._guard(
+            lambda: line.read_until(terminator, timeout=timeout, max_size=max_size), pause=False
+        )
+        return result
+
+    async def reset_input(self) -> None:
+        line = self._line()
+        await self._guard(line.reset_input, pause=False)
+
+    async def send_break(self, duration: float) -> None:
+        line = self._line()
+        await self._guard(lambda: line.send_break(duration), pause=False)
 
 
 class Bus:
@@ -376,7 +528,7 @@ class Bus:
     def __init__(
         self,
         spec: BusSpec,
-        line: ModbusLine | None = None,
+        line: Line | None = None,
         *,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
@@ -408,12 +560,15 @@ class Bus:
             self._opener = None
         async with self._lock:
             await self.line.close()
-        if isinstance(self.line, MinimalmodbusLine):
+        if isinstance(self.line, MinimalmodbusLine | SerialPortLine):
             self.line.shutdown()
 
     @contextlib.asynccontextmanager
-    async def turn(self, request_delay: float = 0.0) -> AsyncIterator[ModbusTransport]:
-        """Exclusive use of the line for one device poll.
+    async def turn(
+        self, request_delay: float = 0.0
+    ) -> AsyncIterator[ModbusTransport | SerialTransport]:
+        """Exclusive use of the line for one device poll: a :class:`ModbusTransport` on
+        Modbus buses, a :class:`SerialTransport` on raw serial buses.
 
         Raises :class:`ConnectionLost` at once while the line is down.
         """
@@ -421,7 +576,10 @@ class Bus:
             if not self.line.is_open:
                 self._line_failed()
                 raise ConnectionLost(self.last_error or f"bus {self.spec.id} is not open")
-            yield _GuardedTransport(self, request_delay)
+            if isinstance(self.line, SerialPortLine):
+                yield _GuardedSerial(self, request_delay)
+            else:
+                yield _GuardedModbus(self, request_delay)
 
     async def _pause(self, delay: float) -> None:
         if delay > 0:

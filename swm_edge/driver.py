@@ -53,6 +53,7 @@ __all__ = [
     "ReadError",
     "Reading",
     "Reason",
+    "SerialTransport",
     "Table",
     "Value",
     "WordOrder",
@@ -125,6 +126,38 @@ class ModbusTransport(Protocol):
         self, unit: int, table: Table, address: int, count: int, *, timeout: float
     ) -> list[bool]:
         """Read ``count`` bits from a bit table (coil or discrete)."""
+        ...
+
+
+@runtime_checkable
+class SerialTransport(Protocol):
+    """What the core hands a driver on a raw serial bus (``mbus``, ``sdi12``).
+
+    The bus owns the port (opened with the bus's baud rate and framing, reopened when it
+    disappears); the driver owns the protocol. Reads are bounded in time and size. Calls
+    raise :class:`ConnectionLost` when the port is gone, never OS or pyserial exceptions.
+    """
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes and wait until they left the port."""
+        ...
+
+    async def read(self, size: int, *, timeout: float) -> bytes:
+        """Up to ``size`` bytes: returns as soon as ``size`` arrived, or what arrived within
+        ``timeout`` seconds (possibly ``b""``)."""
+        ...
+
+    async def read_until(self, terminator: bytes, *, timeout: float, max_size: int = 256) -> bytes:
+        """Bytes up to and including ``terminator``; on timeout or after ``max_size`` bytes,
+        what arrived (without the terminator)."""
+        ...
+
+    async def reset_input(self) -> None:
+        """Discard whatever arrived and was not read (stale or late answers)."""
+        ...
+
+    async def send_break(self, duration: float) -> None:
+        """Hold the line in the break condition for ``duration`` seconds (SDI-12 wake-up)."""
         ...
 
 
