@@ -13,7 +13,7 @@ records every telemetry message. Figures are taken over a steady window after a 
 
 Prints figures, asserts nothing: the machine may be noisy. Usage::
 
-    python bench/bench_e2e.py                      # W1 and W2, about 2 minutes
+    python bench/bench_e2e.py                      # W1 and W2, under 2 minutes
     python bench/bench_e2e.py --workload W1 --seconds 60
     python bench/bench_e2e.py --workload custom --devices 100 --points 50 --interval 1
     python bench/bench_e2e.py --workload W2 --profile /tmp/prof   # py-spy the agent too
@@ -118,6 +118,7 @@ class Result:
     messages_ps: float
     bad_values: int
     agent_cpu_pct: float
+    agent_system_share: float  # % of the agent's CPU time spent in the kernel
     cpu_s_per_1000: float
     rss_peak_mib: float
     rss_final_mib: float
@@ -344,13 +345,15 @@ def write_config(folder: Path, workload: Workload, sims: dict[str, Any], broker:
 # ---- measurement -------------------------------------------------------------------------
 
 
-def _cpu_seconds(procs: Sequence[psutil.Process]) -> float:
-    total = 0.0
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
+def _cpu_times(proc: psutil.Process | None) -> tuple[float, float]:
+    """(user, system) CPU-seconds of a process, all threads; zeros if it is gone."""
+    if proc is None:
+        return 0.0, 0.0
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return 0.0, 0.0
+    return times.user, times.system
 
 
 def _peak_rss(proc: psutil.Process, sampled: float) -> float:
@@ -456,12 +459,16 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
 # Where a sample's time goes, by the first of these functions found on its stack (most
 # specific first): the stages of the data path, so the figures read as "what to optimise".
 STAGES: tuple[tuple[str, str, str], ...] = (
-    ("Buffer.append", "swm_edge/buffer.py", "buffer: append (SQLite insert + commit)"),
-    ("Buffer.fetch", "swm_edge/buffer.py", "buffer: fetch (SQLite select + decode)"),
-    ("Buffer.ack", "swm_edge/buffer.py", "buffer: ack (SQLite delete)"),
+    (
+        "Buffer.append",
+        "swm_edge/buffer.py",
+        "buffer: append (points to JSON, SQLite insert, commit)",
+    ),
+    ("Buffer.fetch", "swm_edge/buffer.py", "buffer: fetch (SQLite select, JSON to points)"),
+    ("Buffer.ack", "swm_edge/buffer.py", "buffer: ack (SQLite delete, commit)"),
     ("encode", "swm_edge/publish/encoders/json_v1.py", "publish: JSON encode (wire v1)"),
     ("Destination._publish_rows", "swm_edge/publish/mqtt.py", "publish: paho publish()"),
-    ("ModbusDriver.read", "drivers/modbus/__init__.py", "poll: Modbus driver (requests+decode)"),
+    ("ModbusDriver.read", "drivers/modbus/__init__.py", "poll: Modbus driver (requests, decode)"),
     ("DevicePoller.run", "swm_edge/scheduler.py", "poll: scheduler, sink, other"),
     ("Client.loop_forever", "paho/mqtt/client.py", "mqtt network thread (socket I/O, PUBACKs)"),
     ("Destination._on_published", "swm_edge/publish/mqtt.py", "publish: PUBACK bookkeeping"),
@@ -560,9 +567,12 @@ def run_workload(
             raise
 
         agent_ps = psutil.Process(agent.pid)
-        sims_ps = psutil.Process(sims_proc.pid)
-        broker_ps = psutil.Process(broker.pid) if broker.pid is not None else None
-        bench_ps = psutil.Process()
+        watched = {
+            "agent": agent_ps,
+            "sims": psutil.Process(sims_proc.pid),
+            "broker": psutil.Process(broker.pid) if broker.pid is not None else None,
+            "bench": psutil.Process(),
+        }
         rss: list[float] = []
         # Start half an interval past a poll slot: the window's edges fall between bursts
         # of messages, not in the middle of one.
@@ -570,25 +580,18 @@ def run_workload(
         if t0 < time.time() + warmup:
             t0 += interval
         _sleep_until(t0, agent, rss)
-        cpu0 = [
-            _cpu_seconds([agent_ps]),
-            _cpu_seconds([sims_ps]),
-            _cpu_seconds([broker_ps] if broker_ps else []),
-            _cpu_seconds([bench_ps]),
-        ]
+        cpu0 = {name: _cpu_times(proc) for name, proc in watched.items()}
         wall0 = time.monotonic()
         profiler = None
         if profile_dir is not None:
             profile_out = profile_dir / f"{workload.name}-agent.pyspy.txt"
             profiler = start_profiler(agent.pid, window, profile_out)
+            if profiler is not None:
+                # Also on the error paths: a py-spy left running would outlive the bench.
+                stack.callback(_stop, profiler, 5.0)
         t1 = t0 + window
         _sleep_until(t1, agent, rss)
-        cpu1 = [
-            _cpu_seconds([agent_ps]),
-            _cpu_seconds([sims_ps]),
-            _cpu_seconds([broker_ps] if broker_ps else []),
-            _cpu_seconds([bench_ps]),
-        ]
+        cpu1 = {name: _cpu_times(proc) for name, proc in watched.items()}
         wall = time.monotonic() - wall0
         rss_final = float(agent_ps.memory_info().rss)
         rss_peak = _peak_rss(agent_ps, max([*rss, rss_final]))
@@ -607,20 +610,26 @@ def run_workload(
         messages = collector.messages()
 
     count, good, bad, latencies, missing, duplicates = analyse(messages, t0, t1)
-    agent_cpu = cpu1[0] - cpu0[0]
+
+    def pct(name: str) -> float:
+        return 100.0 * (sum(cpu1[name]) - sum(cpu0[name])) / wall
+
+    agent_cpu = sum(cpu1["agent"]) - sum(cpu0["agent"])
+    agent_system = cpu1["agent"][1] - cpu0["agent"][1]
     mib = 1024.0 * 1024.0
     return Result(
         workload=workload.name,
         title=workload.title,
         shape=workload.shape,
         target=workload.target,
-        target_met=workload.met(100.0 * agent_cpu / wall, good / window),
+        target_met=workload.met(pct("agent"), good / window),
         window_s=window,
         offered_rps=workload.offered,
         delivered_rps=good / window,
         messages_ps=count / window,
         bad_values=bad,
-        agent_cpu_pct=100.0 * agent_cpu / wall,
+        agent_cpu_pct=pct("agent"),
+        agent_system_share=100.0 * agent_system / agent_cpu if agent_cpu else math.nan,
         cpu_s_per_1000=1000.0 * agent_cpu / good if good else math.nan,
         rss_peak_mib=rss_peak / mib,
         rss_final_mib=rss_final / mib,
@@ -629,9 +638,9 @@ def run_workload(
         latency_max_ms=1000.0 * (latencies[-1] if latencies else math.nan),
         missing_seqs=missing,
         duplicate_seqs=duplicates,
-        sims_cpu_pct=100.0 * (cpu1[1] - cpu0[1]) / wall,
-        broker_cpu_pct=100.0 * (cpu1[2] - cpu0[2]) / wall,
-        bench_cpu_pct=100.0 * (cpu1[3] - cpu0[3]) / wall,
+        sims_cpu_pct=pct("sims"),
+        broker_cpu_pct=pct("broker"),
+        bench_cpu_pct=pct("bench"),
         load_avg_1m=load_1m,
         agent_exit=exit_status[0] if exit_status else None,
         agent_log_problems=_log_problems(log_path),
@@ -656,6 +665,7 @@ def _rows(results: Sequence[Result]) -> list[tuple[str, list[str]]]:
         ("bad values", each("{r.bad_values}")),
         ("messages/s", each("{r.messages_ps:,.1f}")),
         ("agent CPU, %", each("{r.agent_cpu_pct:.2f}")),
+        ("agent CPU, kernel share", each("{r.agent_system_share:.0f} %")),
         ("agent CPU-s / 1000 readings", each("{r.cpu_s_per_1000:.4f}")),
         ("agent RSS peak / final, MiB", each("{r.rss_peak_mib:.1f} / {r.rss_final_mib:.1f}")),
         ("latency p50 / p99, ms", each("{r.latency_p50_ms:.0f} / {r.latency_p99_ms:.0f}")),

@@ -42,6 +42,16 @@ _SECONDS_PER = {"s": 1.0, "min": 60.0, "h": 3600.0}
 _PER_BAR = {"bar": 1.0, "mbar": 1000.0, "kPa": 100.0, "Pa": 1e5, "MPa": 0.1}
 _PER_METRE = {"m": 1.0, "cm": 100.0, "mm": 1000.0}
 _PER_US_CM = {"uS/cm": 1.0, "mS/cm": 0.001}
+_PER_VOLT = {"V": 1.0, "mV": 1000.0}
+
+# Name parts of integer points that hold a state or code (0 = all clear), not a quantity.
+_STATE_WORDS = ("status", "flag", "quality", "error", "code")
+# Name parts of counters of operating time, and of time spent in a fault.
+_RUN_TIME_WORDS = ("run", "operat", "uptime", "power_on")
+_FAULT_TIME_WORDS = ("fault", "alarm", "error")
+# Name parts of totalizers counting the other way (reverse flow): they do not follow the
+# device's forward flow.
+_REVERSE_WORDS = ("reverse", "negative", "backward")
 
 _DAY = 86400.0
 # Daily mean of the raw demand shape below, so the demand factor averages 1.
@@ -136,19 +146,45 @@ class _Mirror:
 
 
 class _Totalizer:
-    """A volume counter integrating the device's flow (or its own demand curve)."""
+    """A volume counter integrating the device's flow (or its own demand curve).
 
-    def __init__(self, rng: random.Random, m3_per_unit: float) -> None:
+    A reverse-flow totalizer (``reverse=True``) ignores the device's forward flow and
+    counts a small back-flow of its own, from a small start value.
+    """
+
+    def __init__(self, rng: random.Random, m3_per_unit: float, *, reverse: bool = False) -> None:
         self.m3_per_unit = m3_per_unit
-        self.total = rng.uniform(1_000.0, 50_000.0) / m3_per_unit
-        self.own_flow = _Signal(rng, mean=30.0 / 3600.0, demand=True, lo=0.0)
+        self.reverse = reverse
+        if reverse:
+            self.total = rng.uniform(0.5, 50.0) / m3_per_unit
+            self.own_flow = _Signal(rng, mean=0.02 / 3600.0, walk=0.01 / 3600.0, lo=0.0)
+        else:
+            self.total = rng.uniform(1_000.0, 50_000.0) / m3_per_unit
+            self.own_flow = _Signal(rng, mean=30.0 / 3600.0, demand=True, lo=0.0)
 
     def advance(self, dt: float, flow_m3s: float | None, now: float) -> float:
         if dt > 0:
-            q = flow_m3s if flow_m3s is not None else self.own_flow.sample(now, dt)
+            q = (
+                flow_m3s
+                if flow_m3s is not None and not self.reverse
+                else self.own_flow.sample(now, dt)
+            )
             # Meters count forward flow only on this totalizer.
             self.total += max(q, 0.0) * dt / self.m3_per_unit
         return self.total
+
+
+class _RunTime:
+    """An operating-time counter: a start value, then it advances with the clock."""
+
+    def __init__(self, rng: random.Random, seconds_per_unit: float) -> None:
+        self.seconds_per_unit = seconds_per_unit
+        # Somewhere between a day and a year of service.
+        self.value = rng.uniform(86_400.0, 3.15e7) / seconds_per_unit
+
+    def sample(self, now: float, dt: float) -> float:
+        self.value += max(dt, 0.0) / self.seconds_per_unit
+        return self.value
 
 
 def _flow_factor(unit: str | None) -> float | None:
@@ -175,14 +211,33 @@ def _mirrored(point: PointSpec, by_name: Mapping[str, PointSpec]) -> str | None:
     return None
 
 
-def _signal_for(point: PointSpec, rng: random.Random) -> _Signal | _Constant | _Totalizer:
+def _signal_for(
+    point: PointSpec, rng: random.Random
+) -> _Signal | _Constant | _Totalizer | _RunTime:
     """Pick a plausible behaviour from the point's name and unit."""
     name = point.name.lower()
     unit = point.unit
     if point.table.is_bits or point.type is DataType.BOOL:
         return _Constant(0.0)
+    if point.type in _INT_RANGE and unit is None and any(w in name for w in _STATE_WORDS):
+        # Status words, error codes and data-quality ids: all clear, whatever else the
+        # name says (e.g. dissolved_oxygen_quality).
+        return _Constant(0.0)
     if name.startswith(("total", "volume")) and unit in _M3_PER_VOLUME:
-        return _Totalizer(rng, _M3_PER_VOLUME[unit])
+        reverse = any(w in name for w in _REVERSE_WORDS)
+        return _Totalizer(rng, _M3_PER_VOLUME[unit], reverse=reverse)
+    if unit in _SECONDS_PER and any(w in name for w in _FAULT_TIME_WORDS):
+        return _Constant(0.0)  # a healthy device spends no time in a fault
+    if unit in _SECONDS_PER and any(w in name for w in _RUN_TIME_WORDS):
+        return _RunTime(rng, _SECONDS_PER[unit])
+    if "batt" in name and unit in _PER_VOLT:
+        # A lithium cell of a battery-powered meter.
+        k = _PER_VOLT[unit]
+        return _Signal(rng, mean=3.6 * k, walk=0.01 * k, noise=0.002 * k, lo=0.0)
+    if "volt" in name and unit in _PER_VOLT:
+        # A supply voltage, also in mV (before the mV rule for redox potentials below).
+        k = _PER_VOLT[unit]
+        return _Signal(rng, mean=12.3 * k, walk=0.05 * k, noise=0.01 * k, lo=0.0)
     if (factor := _flow_factor(unit)) is not None:
         # A DN100 main into a small supply zone: 30 m3/h on average, ~16 at night, ~60 at peak.
         per_h = factor / 3600
@@ -224,10 +279,13 @@ class SimulatedDevice:
     """One simulated Modbus unit serving a register map with plausible changing values.
 
     Values follow the quantity each point measures (guessed from its name and unit):
-    flow with a daily demand curve and noise, totalizers integrating that flow, pressure
-    around 3.6 bar, slow temperature, pH near 7.2, low turbidity, dissolved oxygen near
-    8 mg/L, and so on; status words and bits stay 0. Given the same ``seed``, ``start`` and
-    sequence of :meth:`tick` times, the values are the same on every run.
+    flow with a daily demand curve and noise, totalizers integrating that flow (reverse
+    totalizers a small back-flow of their own), pressure around 3.6 bar, slow temperature,
+    pH near 7.2, low turbidity, dissolved oxygen near 8 mg/L, supply voltages near 12.3 V
+    and batteries near 3.6 V (in V or mV), run-time counters counting up, and so on;
+    status words, error codes, quality ids, fault times and bits stay 0. Given the same
+    ``seed``, ``start`` and sequence of :meth:`tick` times, the values are the same on
+    every run.
 
     Args:
         points: a :class:`Profile`, a built-in profile name, or the points themselves.
@@ -277,7 +335,7 @@ class SimulatedDevice:
         if len(self._by_name) != len(specs):
             raise ValueError("duplicate point names")
         self._check_overlaps()
-        self._signals: dict[str, _Signal | _Constant | _Totalizer | _Mirror] = {}
+        self._signals: dict[str, _Signal | _Constant | _Totalizer | _RunTime | _Mirror] = {}
         for p in specs:
             source = _mirrored(p, self._by_name)
             self._signals[p.name] = (

@@ -45,7 +45,7 @@ T = TypeVar("T")
 SERIAL_QUIET_AFTER_TIMEOUT = 0.05
 
 # Bus types whose line is a raw serial port handed to the driver as a SerialTransport.
-SERIAL_BUS_TYPES = frozenset({"mbus", "sdi12"})
+SERIAL_BUS_TYPES = frozenset({"mbus", "sdi12", "serial"})
 
 
 class Line(ABC):
@@ -423,8 +423,31 @@ class SerialPortLine(Line):
         await self._run(ser.reset_input_buffer)
 
     async def send_break(self, duration: float) -> None:
+        import errno
+
         ser = self._port()
-        await self._run(lambda: ser.send_break(duration))
+        # Errors that mean "this device cannot hold a break" rather than "the port is gone".
+        unsupported = {errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS}
+
+        def _break() -> None:
+            # Not pyserial's send_break(): on POSIX it calls tcsendbreak(), whose duration
+            # counts in 0.25 s units (0 means 0.25-0.5 s on Linux), far off the 12 ms an
+            # SDI-12 wake-up needs. Holding the break condition (TIOCSBRK/TIOCCBRK) around
+            # a sleep gives the asked duration to within the scheduler's precision.
+            try:
+                ser.break_condition = True
+            except OSError as exc:
+                if exc.errno not in unsupported:
+                    raise
+                # Ptys and some adapters cannot signal a break: send without one.
+                log.debug("%s: no break on this device (%s)", self.spec.port, exc)
+                return
+            try:
+                time.sleep(duration)
+            finally:
+                ser.break_condition = False
+
+        await self._run(_break)
 
     def shutdown(self) -> None:
         """Stop the worker thread (after :meth:`close`)."""

@@ -19,9 +19,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from pydantic import BaseModel
+
 from swm_edge.model import (
+    BusSpec,
     DataType,
     DeviceSpec,
+    Point,
     PointSpec,
     PointValue,
     Quality,
@@ -37,6 +41,7 @@ ENTRY_POINT_GROUP = "swm_edge.drivers"
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BusSpec",
     "ConnectionLost",
     "CrcError",
     "DataType",
@@ -47,6 +52,7 @@ __all__ = [
     "Driver",
     "DriverNotFound",
     "ModbusTransport",
+    "Point",
     "PointSpec",
     "PointValue",
     "Quality",
@@ -171,6 +177,20 @@ class Driver(ABC):
     bus_types: ClassVar[frozenset[str]] = frozenset()
     #: Folders of device profiles (``NAME.yaml``) this driver ships; ``profile: NAME`` finds them.
     profile_dirs: ClassVar[tuple[Path, ...]] = ()
+    #: Validates the driver's own keys of a device entry (all but the core keys); must have
+    #: a ``points`` list whose items have ``name`` and ``unit``. See docs/decisions/0003.
+    device_model: ClassVar[type[BaseModel]]
+
+    @classmethod
+    def points_of(cls, options: BaseModel) -> tuple[Point, ...]:
+        """The device's points from its validated options (default: ``options.points``)."""
+        return tuple(getattr(options, "points", ()))
+
+    @classmethod
+    def estimate_seconds(cls, device: DeviceSpec, bus: BusSpec) -> float | None:
+        """Wire time of one poll of ``device`` on a serial ``bus``, for the line-load
+        warning of ``swm-edge validate``; ``None`` when the driver cannot tell."""
+        return None
 
     def __init__(self, device: DeviceSpec) -> None:
         self.device = device

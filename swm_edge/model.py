@@ -7,9 +7,9 @@ These are deliberately small frozen dataclasses: pydantic models live at the edg
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class Quality(StrEnum):
@@ -139,23 +139,32 @@ class BusSpec:
     request_delay: float = 0.0
 
 
+class Point(Protocol):
+    """What the core needs of any driver's point: its name and unit (for bad readings)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def unit(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
-    """A device to poll, with its points resolved (profile merged with overrides)."""
+    """A device to poll, with its points resolved (profile merged with overrides).
+
+    ``options`` is the driver's validated device model (see ``Driver.device_model``);
+    ``points`` are that driver's point objects.
+    """
 
     id: str
     bus: str
-    unit: int
     interval: float
-    points: tuple[PointSpec, ...]
+    points: tuple[Point, ...]
     driver: str = "modbus"
     timeout: float | None = None  # None: the bus timeout
     retries: int = 1
     request_delay: float = 0.0
-    single_point_reads: bool = False
-    max_gap: int = 10
-    max_registers: int = 125
-    max_bits: int = 2000
     offline_after: int = 3  # consecutive failed polls before the device is backed off
     offline_backoff_max: float = 300.0  # seconds between attempts at most, once backed off
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Any = None

@@ -33,6 +33,8 @@ Sink = Callable[[Reading], Awaitable[None]]
 # Longest single sleep: the wall clock is re-read at least this often, so a clock step
 # (NTP sync on a gateway that booted in 1970) re-aligns the grid instead of stalling it.
 MAX_SLEEP = 1.0
+# Seconds between repeated warnings about skipped slots of one device.
+OVERRUN_LOG_EVERY = 600.0
 
 
 def next_slot(now: float, interval: float) -> float:
@@ -48,6 +50,7 @@ class DeviceStats:
     good_polls: int = 0
     errors: int = 0
     overruns: int = 0
+    driver_errors: int = 0
     skipped_offline: int = 0
     consecutive_failures: int = 0
     last_read: float | None = None
@@ -75,6 +78,7 @@ class DevicePoller:
         self.clock = clock
         self.stats = DeviceStats()
         self._retry_at = 0.0  # monotonic time before which a backed-off device is skipped
+        self._overrun_logged_at: float | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Poll until ``stopping`` is set; a poll in flight is finished and delivered."""
@@ -96,9 +100,24 @@ class DevicePoller:
             following = slot + interval
             if now >= following:
                 missed = math.floor((now - following) / interval) + 1
-                self.stats.overruns += missed
+                self._overrun(missed)
                 following += missed * interval
             slot = following
+
+    def _overrun(self, missed: int) -> None:
+        self.stats.overruns += missed
+        # Once, then at most every OVERRUN_LOG_EVERY: an undersized line must be visible
+        # in the log without writing a line per slot.
+        now = time.monotonic()
+        if self._overrun_logged_at is None or now - self._overrun_logged_at >= OVERRUN_LOG_EVERY:
+            self._overrun_logged_at = now
+            log.warning(
+                "device %s: polls take longer than the %g s interval; %d slots skipped so far "
+                "(lengthen the interval, speed up the line, or split the bus)",
+                self.device.id,
+                self.device.interval,
+                self.stats.overruns,
+            )
 
     async def poll_once(self) -> Reading:
         """Read the device now (with retries), or report why not."""
@@ -127,7 +146,15 @@ class DevicePoller:
                 if not exc.retryable:
                     break
             except Exception as exc:  # a driver bug must not stop the other devices
-                log.exception("device %s: driver %s failed", self.device.id, self.device.driver)
+                if self.stats.last_error != Reason.DRIVER_ERROR:
+                    # Once per state change: a broken driver must not fill the SD card.
+                    log.exception(
+                        "device %s: driver %s raised an unexpected error; its readings are "
+                        "bad with reason driver-error until it recovers",
+                        self.device.id,
+                        self.device.driver,
+                    )
+                self.stats.driver_errors += 1
                 last = ReadError(str(exc), reason=Reason.DRIVER_ERROR)
                 break
         assert last is not None

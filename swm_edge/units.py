@@ -4,14 +4,21 @@ Every quantity has exactly one spelling, so dashboards and the cloud side can co
 convert units without guessing whether ``m³/h``, ``m3/hr`` and ``cbm/h`` mean the same.
 The spellings are ASCII and follow UCUM where it is readable (``Cel``, ``uS/cm``, ``1`` for
 dimensionless), and the water industry's usage where UCUM is awkward (``NTU``, ``pH``).
+
+:data:`Unit` is the pydantic type of a point's ``unit`` key, for the config and for every
+driver's point model (part of the driver SDK).
 """
 
 from __future__ import annotations
 
 import difflib
 import unicodedata
+from typing import Annotated, Any
 
-__all__ = ["CANONICAL_UNITS", "UNIT_DESCRIPTIONS", "check_unit"]
+from pydantic import AfterValidator, BeforeValidator, StrictStr, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+__all__ = ["CANONICAL_UNITS", "UNIT_DESCRIPTIONS", "Unit", "check_unit"]
 
 #: Canonical unit -> what it measures (shown in the JSON Schema and in ``swm-edge`` help).
 UNIT_DESCRIPTIONS: dict[str, str] = {
@@ -228,3 +235,28 @@ def check_unit(unit: str) -> str | None:
         return f"unknown unit {unit!r}; did you mean {suggestions[0]!r}?"
     listed = " or ".join(repr(s) for s in suggestions)
     return f"unknown unit {unit!r}; did you mean {listed}?"
+
+
+def _unit_before(value: Any) -> Any:
+    # YAML reads "unit: 1" (the dimensionless unit) as an integer.
+    if type(value) is int and value == 1:
+        return "1"
+    return value
+
+
+def _unit_after(value: str) -> str:
+    problem = check_unit(value)
+    if problem is not None:
+        raise PydanticCustomError("unit_unknown", problem)
+    return value
+
+
+#: A canonical unit spelling, as a pydantic field type: anything else is an error whose
+#: message suggests the canonical spelling (see :func:`check_unit`).
+Unit = Annotated[
+    StrictStr,
+    BeforeValidator(_unit_before),
+    AfterValidator(_unit_after),
+    # The integer 1 is listed because that is what YAML makes of "unit: 1".
+    WithJsonSchema({"enum": [*sorted(CANONICAL_UNITS), 1]}),
+]

@@ -58,7 +58,7 @@ POINT = PointSpec("level", Table.HOLDING, 0, DataType.UINT16, unit="m")
 
 
 def device(dev_id: str, interval: float, **kw: Any) -> DeviceSpec:
-    return DeviceSpec(id=dev_id, bus="b", unit=1, interval=interval, points=(POINT,), **kw)
+    return DeviceSpec(id=dev_id, bus="b", interval=interval, points=(POINT,), **kw)
 
 
 class ScriptedDriver(Driver):
@@ -116,7 +116,7 @@ def test_polls_on_wall_clock_grid_without_drift() -> None:
     assert slots == list(range(slots[0], slots[0] + len(slots)))  # no slot skipped
 
 
-def test_overrun_takes_next_slot_and_is_counted() -> None:
+def test_overrun_takes_next_slot_and_is_counted(caplog: pytest.LogCaptureFixture) -> None:
     out: list[Reading] = []
 
     async def sink(r: Reading) -> None:
@@ -134,6 +134,9 @@ def test_overrun_takes_next_slot_and_is_counted() -> None:
     gaps = [b.ts - a.ts for a, b in itertools.pairwise(out)]
     assert all(0.25 <= g <= 0.45 for g in gaps), gaps
     assert p.stats.overruns >= 2 * (len(out) - 1)
+    # said once, not per skipped slot
+    warnings = [r for r in caplog.records if "slots skipped" in r.getMessage()]
+    assert len(warnings) == 1
 
 
 def test_retries_then_bad_reading_with_reason() -> None:
@@ -163,16 +166,37 @@ def test_non_retryable_error_is_not_retried() -> None:
     assert reading.points["level"].error == "exception:2"
 
 
-def test_driver_bug_becomes_driver_error() -> None:
+def test_driver_bug_is_isolated_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A driver that raises: its device gets driver-error readings, the other device on the
+    bus keeps its schedule, and the log says it once, not every poll."""
+    out: list[Reading] = []
+
     class Buggy(Driver):
         async def read(self, transport: Any) -> dict[str, PointValue]:
             raise ZeroDivisionError("oops")
 
-    async def main() -> Reading:
-        dev = device("d", 1.0)
-        return await DevicePoller(dev, Buggy(dev), bus(), sink=None).poll_once()  # type: ignore[arg-type]
+    async def sink(r: Reading) -> None:
+        out.append(r)
 
-    assert asyncio.run(main()).points["level"].error == "driver-error"
+    async def main() -> DevicePoller:
+        shared = bus()
+        bad_dev = device("buggy", 0.1, offline_after=1000)
+        good_dev = device("fine", 0.1)
+        bad = DevicePoller(bad_dev, Buggy(bad_dev), shared, sink)
+        good = DevicePoller(good_dev, ScriptedDriver(good_dev, []), shared, sink)
+        await run_for([bad, good], 1.05)
+        return bad
+
+    caplog.set_level("INFO")
+    bad = asyncio.run(main())
+    buggy = [r for r in out if r.device_id == "buggy"]
+    fine = [r for r in out if r.device_id == "fine"]
+    assert len(buggy) >= 9 and len(fine) >= 9
+    assert all(r.points["level"].error == "driver-error" for r in buggy)
+    assert all(r.points["level"].quality == "good" for r in fine)
+    assert bad.stats.driver_errors == len(buggy)
+    logged = [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
 
 
 def test_dead_device_is_backed_off_and_costs_its_bus_little() -> None:

@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
+
+from pydantic import BaseModel
 
 from swm_edge.driver import (
+    BusSpec,
     DeviceSpec,
     Driver,
     ModbusTransport,
+    Point,
+    PointSpec,
     PointValue,
     ReadError,
     Reason,
 )
-from swm_edge.modbus import ReadRequest, decode, plan_reads, scale_value
+from swm_edge.modbus import ReadRequest, decode, plan_reads, poll_seconds, scale_value
+from swm_edge.modbus.config import ModbusDevice
 
 __all__ = ["ModbusDriver"]
 
@@ -30,15 +36,42 @@ class ModbusDriver(Driver):
     bus_types: ClassVar[frozenset[str]] = frozenset({"modbus-rtu", "modbus-tcp"})
     profile_dirs: ClassVar[tuple[Path, ...]] = (Path(__file__).parent / "profiles",)
 
+    device_model: ClassVar[type[BaseModel]] = ModbusDevice
+
+    @classmethod
+    def points_of(cls, options: BaseModel) -> tuple[Point, ...]:
+        assert isinstance(options, ModbusDevice)
+        return tuple(p.to_spec() for p in options.points)
+
+    @classmethod
+    def estimate_seconds(cls, device: DeviceSpec, bus: BusSpec) -> float | None:
+        if bus.type != "modbus-rtu":
+            return None
+        requests = cls._plan(device)
+        return poll_seconds(
+            requests,
+            baudrate=bus.baudrate,
+            parity=bus.parity,
+            stopbits=bus.stopbits,
+            bytesize=bus.bytesize,
+            request_delay=max(device.request_delay, bus.request_delay),
+        )
+
+    @staticmethod
+    def _plan(device: DeviceSpec) -> list[ReadRequest]:
+        opts = device.options
+        return plan_reads(
+            [p for p in device.points if isinstance(p, PointSpec)],
+            max_gap=opts.max_gap,
+            max_registers=opts.max_registers,
+            max_bits=opts.max_bits,
+            single_point=opts.single_point_reads,
+        )
+
     def __init__(self, device: DeviceSpec) -> None:
         super().__init__(device)
-        self.requests: list[ReadRequest] = plan_reads(
-            device.points,
-            max_gap=device.max_gap,
-            max_registers=device.max_registers,
-            max_bits=device.max_bits,
-            single_point=device.single_point_reads,
-        )
+        self.unit: int = device.options.unit
+        self.requests: list[ReadRequest] = self._plan(device)
         self.timeout = device.timeout
 
     async def read(self, transport: Any) -> dict[str, PointValue]:
@@ -47,8 +80,9 @@ class ModbusDriver(Driver):
         A timeout or a lost connection ends the poll early: the device is not there, and
         the line's time is worth more to the other devices than further timeouts.
         """
-        assert isinstance(transport, ModbusTransport)
-        device = self.device
+        # The bus type guarantees a ModbusTransport; a runtime Protocol check per poll would
+        # cost more than the rest of a small poll.
+        modbus = cast(ModbusTransport, transport)
         timeout = self.timeout if self.timeout is not None else 1.0
         values: dict[str, PointValue] = {}
         answered = False
@@ -56,14 +90,14 @@ class ModbusDriver(Driver):
             try:
                 if req.table.is_bits:
                     data: list[Any] = list(
-                        await transport.read_bits(
-                            device.unit, req.table, req.address, req.count, timeout=timeout
+                        await modbus.read_bits(
+                            self.unit, req.table, req.address, req.count, timeout=timeout
                         )
                     )
                 else:
                     data = list(
-                        await transport.read_registers(
-                            device.unit, req.table, req.address, req.count, timeout=timeout
+                        await modbus.read_registers(
+                            self.unit, req.table, req.address, req.count, timeout=timeout
                         )
                     )
             except ReadError as exc:

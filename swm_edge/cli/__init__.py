@@ -168,3 +168,13 @@ def demo(duration: float | None) -> None:
     from swm_edge.cli.demo import run_demo
 
     sys.exit(run_demo(duration))
+
+
+def _register_catalog() -> None:
+    from swm_edge.cli.catalog import drivers, profiles
+
+    main.add_command(drivers)
+    main.add_command(profiles)
+
+
+_register_catalog()

@@ -2,8 +2,10 @@
 
 ``load_config(path)`` is the entry point; it returns the checked :class:`Config` together
 with the core's :class:`~swm_edge.model.BusSpec`/:class:`~swm_edge.model.DeviceSpec`, or
-raises :class:`ConfigError` listing every problem at ``FILE:LINE:COL``. The JSON Schema
-is in :mod:`swm_edge.config.schema` (not imported here, so ``python -m`` can run it).
+raises :class:`ConfigError` listing every problem at ``FILE:LINE:COL``. A device entry's
+core keys are checked here (:class:`DeviceConfig`); its other keys by its driver's
+``device_model`` (docs/decisions/0003-driver-sdk.md). The JSON Schema is in
+:mod:`swm_edge.config.schema` (not imported here, so ``python -m`` can run it).
 """
 
 from swm_edge.config.loader import ConfigError, ConfigIssue, LoadedConfig, load_config
@@ -14,9 +16,11 @@ from swm_edge.config.models import (
     DeviceConfig,
     GatewayConfig,
     LocationConfig,
+    MbusBusConfig,
     MqttConfig,
-    PointConfig,
     RtuBusConfig,
+    Sdi12BusConfig,
+    SerialBusConfig,
     TcpBusConfig,
     TlsConfig,
 )
@@ -32,10 +36,12 @@ __all__ = [
     "GatewayConfig",
     "LoadedConfig",
     "LocationConfig",
+    "MbusBusConfig",
     "MqttConfig",
-    "PointConfig",
     "ProfileConfig",
     "RtuBusConfig",
+    "Sdi12BusConfig",
+    "SerialBusConfig",
     "TcpBusConfig",
     "TlsConfig",
     "find_profile",

@@ -7,6 +7,14 @@ a technician fixing a gateway config over a slow link should not have to iterate
 The file is parsed with ruamel.yaml's round-trip loader because it records the line and
 column of every key and value; the data is then copied into plain dicts and lists (so the
 models never see ruamel's types) together with a table of positions by path.
+
+A device entry is checked in two parts (docs/decisions/0003-driver-sdk.md): the core keys
+by :class:`~swm_edge.config.models.DeviceConfig`, all other keys by the ``device_model`` of
+the device's driver (``driver:``, or the installed driver whose ``bus_types`` has the bus's
+type), validated with ``context={"bus": BusSpec}`` after merging the profile's ``device:``
+defaults and points in. Each error of that model is mapped back to the node it came from:
+the device entry's own key or point, or, for a value the profile brought in, the device's
+``profile`` key.
 """
 
 from __future__ import annotations
@@ -15,13 +23,14 @@ import difflib
 import re
 import types
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
+from pydantic_core.core_schema import ErrorType
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.constructor import DuplicateKeyError
@@ -30,16 +39,17 @@ from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from swm_edge.config.models import (
+    BUS_TYPES,
+    CORE_DEVICE_KEYS,
     ID_PATTERN,
     PATTERN_HELP,
+    QUIRK_KEYS,
+    SERIAL_BUS_TYPES,
+    BusConfig,
     Config,
-    DeviceConfig,
-    PointConfig,
-    RtuBusConfig,
+    DeviceQuirks,
 )
-from swm_edge.driver import available_drivers, load_driver
-from swm_edge.modbus.planner import plan_reads
-from swm_edge.modbus.timing import poll_seconds
+from swm_edge.driver import Driver, available_drivers, load_driver
 from swm_edge.model import BusSpec, DeviceSpec
 
 if TYPE_CHECKING:
@@ -50,8 +60,11 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "LoadedConfig",
+    "Place",
     "YamlDocument",
+    "check_root_mapping",
     "load_config",
+    "not_missing_at_top",
     "read_yaml_document",
     "validation_issues",
 ]
@@ -351,7 +364,19 @@ def _pick_model(annotation: Any, node: Any) -> type[BaseModel] | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
-def _annotation_at(root: type[BaseModel], loc: Loc, data: Any) -> Any:
+def _item_annotation(annotation: Any) -> Any:
+    # The items of a list or of a homogeneous tuple (``tuple[X, ...]``); None otherwise.
+    for member in _union_members(annotation):
+        origin = get_origin(member)
+        args = get_args(member)
+        if origin is list and args:
+            return args[0]
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
+    return None
+
+
+def _annotation_at(root: Any, loc: Loc, data: Any) -> Any:
     """The annotation describing the node at ``loc`` (``None`` if it cannot be told)."""
     annotation: Any = root
     node = data
@@ -363,10 +388,9 @@ def _annotation_at(root: type[BaseModel], loc: Loc, data: Any) -> Any:
             annotation = model.model_fields[part].annotation
             node = node.get(part) if isinstance(node, dict) else None
         else:
-            lists = [m for m in _union_members(annotation) if get_origin(m) is list]
-            if not lists:
+            annotation = _item_annotation(annotation)
+            if annotation is None:
                 return None
-            annotation = get_args(lists[0])[0]
             node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
     return annotation
 
@@ -412,19 +436,27 @@ def _describe(value: Any) -> str:
 _SELF_EXPLAINING = frozenset(
     {"swm_config", "unit_unknown", "string_pattern_mismatch", "missing", "extra_forbidden"}
 )
+# pydantic's own error types; any other type is a custom error of a model (the core's or a
+# driver's), whose message is complete.
+_PYDANTIC_ERROR_TYPES = frozenset(get_args(ErrorType))
 
 
-def _extra_key_message(key: str, root: type[BaseModel], container: Loc, data: Any) -> str:
+def _extra_key_message(
+    key: str, root: Any, container: Loc, data: Any, root_keys: Collection[str] | None
+) -> str:
     if key == "password":
         return (
             "plain passwords are not allowed in the config; put the password in a file "
             "(password_file) or an environment variable (password_env)"
         )
-    container_node = _walk(data, container)[1]
-    model = _pick_model(_annotation_at(root, container, data), container_node)
-    if model is None:
-        return f"unknown key {key!r}"
-    allowed = sorted(model.model_fields)
+    if not container and root_keys is not None:
+        allowed = sorted(root_keys)
+    else:
+        container_node = _walk(data, container)[1]
+        model = _pick_model(_annotation_at(root, container, data), container_node)
+        if model is None:
+            return f"unknown key {key!r}"
+        allowed = sorted(model.model_fields)
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.7)
     if close:
         return f"unknown key {key!r}; did you mean {close[0]!r}?"
@@ -432,7 +464,12 @@ def _extra_key_message(key: str, root: type[BaseModel], container: Loc, data: An
 
 
 def _error_message(
-    err: ErrorDetails, root: type[BaseModel], real: Loc, missing: str | int | None, data: Any
+    err: ErrorDetails,
+    root: Any,
+    real: Loc,
+    missing: str | int | None,
+    data: Any,
+    root_keys: Collection[str] | None = None,
 ) -> str:
     etype = err["type"]
     ctx = err.get("ctx") or {}
@@ -444,13 +481,13 @@ def _error_message(
     if etype == "missing":
         return f"missing required key {missing!r}"
     if etype == "extra_forbidden":
-        return _extra_key_message(str(real[-1]), root, real[:-1], data)
+        return _extra_key_message(str(real[-1]), root, real[:-1], data, root_keys)
     if etype == "union_tag_invalid":
         expected = str(ctx.get("expected_tags", "")).replace("'", "")
         return f"unknown type {ctx.get('tag')!r}; allowed: {expected}"
     if etype in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected a mapping (key: value), got {_describe(value)}"
-    if etype == "list_type":
+    if etype in ("list_type", "tuple_type"):
         return f"expected a list, got {_describe(value)}"
     if etype == "string_pattern_mismatch":
         explanation = PATTERN_HELP.get(str(ctx.get("pattern")))
@@ -458,23 +495,59 @@ def _error_message(
             return f"{value!r} {explanation}"
     message = err["msg"]
     message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if etype not in _SELF_EXPLAINING:
+    if etype not in _SELF_EXPLAINING and etype in _PYDANTIC_ERROR_TYPES:
         message = f"{message}, got {_describe(value)}"
     return message
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a node of validated data is written in a YAML document.
+
+    ``own`` is false when the node came from elsewhere (a device profile's value merged into
+    a device entry): ``loc`` is then a stand-in, the key that brought it in, and ``note``
+    (appended to the message) says where the node came from.
+    """
+
+    loc: Loc
+    own: bool = True
+    note: str = ""
+
+
+def _parse_path(text: str) -> Loc:
+    return tuple(int(p) if p.isdigit() else p for p in text.strip().split("."))
+
+
 def validation_issues(
-    exc: ValidationError, doc: YamlDocument, root: type[BaseModel]
+    exc: ValidationError,
+    doc: YamlDocument,
+    root: Any,
+    *,
+    data: Any = None,
+    locate: Callable[[Loc], Place] | None = None,
+    root_keys: Collection[str] | None = None,
+    keep: Callable[[ErrorDetails], bool] | None = None,
 ) -> list[ConfigIssue]:
-    """Turn a pydantic ``ValidationError`` of ``root`` (validated from ``doc.data``) into
-    issues at the YAML positions of the offending nodes.
+    """Turn a pydantic ``ValidationError`` into issues at the YAML positions of the
+    offending nodes.
+
+    ``root`` is the model (or type) that was validated, from ``data`` (default:
+    ``doc.data``). ``locate`` maps a path in ``data`` to its place in ``doc`` (default: the
+    same path), for data assembled from several places, such as a device's driver keys
+    merged with its profile's. ``root_keys`` lists the keys allowed at the top of ``data``
+    when they are not just ``root``'s fields (for suggestions on unknown keys). ``keep``
+    selects the errors to report (default: all).
 
     Missing and unknown keys are reported at a key (the mapping's own key for a missing
     one), bad values at the value.
     """
+    source = doc.data if data is None else data
+    where = locate if locate is not None else Place
     issues: list[ConfigIssue] = []
     for err in exc.errors(include_url=False):
-        real, node, missing = _walk(doc.data, err["loc"])
+        if keep is not None and not keep(err):
+            continue
+        real, node, missing = _walk(source, err["loc"])
         ctx = err.get("ctx") or {}
         # Errors raised by a model validator name the field they are about in ctx; union
         # tag errors are about the "type" key.
@@ -486,9 +559,24 @@ def validation_issues(
                 real = (*real, field)
             else:
                 missing = field
-        message = _error_message(err, root, real, missing, doc.data)
-        full = real
-        if missing is not None:
+        message = _error_message(err, root, real, missing, source, root_keys)
+        place = where(real)
+        related = ctx.get("related")
+        if not place.own and isinstance(related, str):
+            # The node came from a profile, but the error is also about keys the device
+            # may set itself: report it where the user can fix it.
+            for text in related.split(","):
+                path = _parse_path(text)
+                found, _, gap = _walk(source, path)
+                candidate = where(found)
+                if gap is None and found == path and candidate.own:
+                    real, missing, place = found, None, candidate
+                    break
+        full = place.loc
+        if not place.own:
+            line, col = doc.value_position(full)
+            message += place.note
+        elif missing is not None:
             line, col = doc.key_position(full)
             full = (*full, missing)
         elif err["type"] == "extra_forbidden":
@@ -497,6 +585,12 @@ def validation_issues(
             line, col = doc.value_position(full)
         issues.append(ConfigIssue(doc.file, line, col, _path_str(full), message))
     return issues
+
+
+def not_missing_at_top(err: ErrorDetails) -> bool:
+    """False for a missing top-level key: for validating part of an entry (a profile's
+    defaults, a device whose profile is unreadable), where others may supply it."""
+    return not (err["type"] == "missing" and len(err["loc"]) == 1)
 
 
 def _root_message(data: Any, what: str) -> str:
@@ -531,12 +625,43 @@ def _text(item: dict[str, Any], key: str, pattern: str | None = None) -> str | N
     return value
 
 
+def _bus_spec(raw: dict[str, Any]) -> BusSpec | None:
+    """The spec of a bus entry, for checking its devices' driver keys.
+
+    A bus with errors of its own (reported by the models) still gets a spec with its id
+    and type, so checks that depend only on the bus type (unit ids, the default driver)
+    still run for its devices; the config is refused anyway.
+    """
+    try:
+        spec: BusSpec = _BUS_ADAPTER.validate_python(raw).to_spec()
+        return spec
+    except ValidationError:
+        pass
+    bus_id, bus_type = raw.get("id"), raw.get("type")
+    if isinstance(bus_id, str) and bus_type in BUS_TYPES:
+        return BusSpec(id=bus_id, type=bus_type, timeout=1.0)
+    return None
+
+
+_BUS_ADAPTER: TypeAdapter[Any] = TypeAdapter(BusConfig)
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """A device whose driver keys passed its driver's model."""
+
+    driver: str
+    driver_cls: type[Driver]
+    options: BaseModel
+    profile: ProfileConfig | None
+
+
 class _Checker:
-    """Checks that span sections, and builds the specs of a valid config.
+    """Checks that span sections, checks each device's driver keys, and builds the specs.
 
     The checks read the raw data rather than validated models, so that a device with,
-    say, a bad scale on one point still has its bus, id and profile checked: a user gets
-    every error of the file in one go.
+    say, a bad bus still has its driver keys, id and profile checked: a user gets every
+    error of the file in one go.
     """
 
     def __init__(self, doc: YamlDocument, base_dir: Path, profile_dirs: Sequence[Path]) -> None:
@@ -545,11 +670,14 @@ class _Checker:
         self.profile_dirs = [Path(d) for d in profile_dirs]
         self.issues: list[ConfigIssue] = []
         self.profile_issues: list[ConfigIssue] = []
-        self.installed = set(available_drivers())
-        self._driver_dirs: dict[str, list[Path] | None] = {}
-        self._profiles_by_file: dict[Path, ProfileConfig | None] = {}
-        # device index -> its profile (None: it has none); absent: unresolved.
-        self.device_profiles: dict[int, ProfileConfig | None] = {}
+        self.installed = sorted(available_drivers())
+        # name -> the loaded class, or why it cannot be loaded
+        self._loaded: dict[str, type[Driver] | str] = {}
+        self._load_reported: set[str] = set()
+        self._profiles: dict[tuple[Path, str], ProfileConfig | None] = {}
+        self.bus_specs: dict[str, BusSpec | None] = {}
+        # device index -> its driver and checked options (absent: not resolved)
+        self.resolved: dict[int, _Resolved] = {}
 
     def error(self, loc: Loc, message: str, *, at: Literal["key", "value"] = "value") -> None:
         self.issues.append(self.doc.issue(loc, message, at=at))
@@ -578,96 +706,237 @@ class _Checker:
         return first
 
     def check(self, data: dict[str, Any]) -> None:
-        """Run the cross-section checks on the raw data of the config file."""
+        """Run the cross-section and driver checks on the raw data of the config file."""
         buses = _items(data, "buses")
         first_bus = self._duplicates(buses, "id", ("buses",), "bus id")
         by_index = dict(buses)
-        bus_types = {bus_id: by_index[i].get("type") for bus_id, i in first_bus.items()}
+        self.bus_specs = {bus_id: _bus_spec(by_index[i]) for bus_id, i in first_bus.items()}
         devices = _items(data, "devices")
         self._duplicates(devices, "id", ("devices",), "device id")
         for i, device in devices:
-            self._check_device(i, device, bus_types)
+            self._check_device(i, device)
 
-    def _check_device(self, i: int, device: dict[str, Any], bus_types: dict[str, Any]) -> None:
+    # --- drivers
+
+    def _load(self, name: str) -> type[Driver] | str:
+        """The driver class ``name``, or why it cannot be loaded (cached)."""
+        if name not in self._loaded:
+            try:
+                cls = load_driver(name)
+                if not isinstance(getattr(cls, "device_model", None), type):
+                    raise TypeError("it has no device_model")
+                self._loaded[name] = cls
+            except Exception as exc:  # a broken plugin is a config problem, not a crash
+                self._loaded[name] = f"driver {name!r} cannot be loaded: {exc}"
+        return self._loaded[name]
+
+    def _load_or_report(self, name: str, loc: Loc) -> type[Driver] | None:
+        # A broken plugin is reported once, at the first device that needs it.
+        loaded = self._load(name)
+        if isinstance(loaded, str):
+            if name not in self._load_reported:
+                self._load_reported.add(name)
+                self.error(loc, loaded)
+            return None
+        return loaded
+
+    def _default_driver(self, i: int, bus: BusSpec) -> tuple[str, type[Driver]] | None:
+        """The installed driver for ``bus``'s type; reported at the device id if none or
+        several are."""
+        id_loc: Loc = ("devices", i, "id")
+        matches: list[tuple[str, type[Driver]]] = []
+        broken: list[str] = []
+        for name in self.installed:
+            loaded = self._load(name)
+            if isinstance(loaded, str):
+                broken.append(name)
+            elif bus.type in loaded.bus_types:
+                matches.append((name, loaded))
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            names = ", ".join(name for name, _ in matches)
+            self.error(
+                id_loc,
+                f"several installed drivers read {bus.type} buses ({names}); pick one with driver:",
+            )
+            return None
+        unreported = [name for name in broken if name not in self._load_reported]
+        if broken and not unreported:
+            return None  # the broken plugins were reported at an earlier device
+        if broken:
+            # One of them may be the driver for this bus type; say why they did not load.
+            self._load_reported.update(unreported)
+            reasons = "; ".join(str(self._loaded[name]) for name in unreported)
+            self.error(
+                id_loc, f"no installed driver for {bus.type} buses could be loaded: {reasons}"
+            )
+            return None
+        installed = ", ".join(self.installed) or "none"
+        self.error(
+            id_loc,
+            f"no installed driver reads {bus.type} buses (installed: {installed}); "
+            "install one, or pick one with driver:",
+        )
+        return None
+
+    def _guess_driver(self, device: dict[str, Any]) -> tuple[str, type[Driver]] | None:
+        # The bus is unknown, so its type cannot pick the driver; the only driver that
+        # knows every key of the entry is still worth checking them with (best effort,
+        # so that the entry's other errors show up in this run; nothing is built).
+        keys = set(device) - CORE_DEVICE_KEYS
+        fits = []
+        for name in self.installed:
+            loaded = self._load(name)
+            if not isinstance(loaded, str) and keys <= set(loaded.device_model.model_fields):
+                fits.append((name, loaded))
+        return fits[0] if len(fits) == 1 else None
+
+    def _driver_of(
+        self, i: int, device: dict[str, Any], bus: BusSpec | None
+    ) -> tuple[str, type[Driver]] | None:
+        if device.get("driver") is not None:
+            name = _text(device, "driver", ID_PATTERN)
+            if name is None:
+                return None  # the model reports a malformed name
+            loc: Loc = ("devices", i, "driver")
+            if name not in self.installed:
+                installed = ", ".join(self.installed) or "none"
+                self.error(loc, f"driver {name!r} is not installed (installed: {installed})")
+                return None
+            cls = self._load_or_report(name, loc)
+            return None if cls is None else (name, cls)
+        if bus is not None:
+            return self._default_driver(i, bus)
+        return self._guess_driver(device)
+
+    # --- devices
+
+    def _check_device(self, i: int, device: dict[str, Any]) -> None:
         loc: Loc = ("devices", i)
         device_id = _text(device, "id") or f"#{i}"
-        bus = _text(device, "bus")
-        if bus is not None and bus not in bus_types:
-            known = sorted(bus_types)
-            close = difflib.get_close_matches(bus, known, n=1, cutoff=0.6)
+        bus_id = _text(device, "bus")
+        bus: BusSpec | None = None
+        if bus_id is not None and bus_id not in self.bus_specs:
+            known = sorted(self.bus_specs)
+            close = difflib.get_close_matches(bus_id, known, n=1, cutoff=0.6)
             if close:
                 hint = f"; did you mean {close[0]!r}?"
             else:
                 hint = f"; defined buses: {', '.join(known)}" if known else "; no buses are defined"
-            self.error((*loc, "bus"), f"unknown bus {bus!r}{hint}")
-        unit = device.get("unit")
-        on_rtu = bus is not None and bus_types.get(bus) == "modbus-rtu"
-        # Out of 0..255 is the model's error; only the RTU range is checked here.
-        if on_rtu and type(unit) is int and 0 <= unit <= 255 and not 1 <= unit <= 247:
-            self.error(
-                (*loc, "unit"),
-                f"unit {unit} is out of range 1..247 for a device on modbus-rtu bus {bus!r} "
-                "(0 is broadcast, which no device answers)",
+            self.error((*loc, "bus"), f"unknown bus {bus_id!r}{hint}")
+        elif bus_id is not None:
+            bus = self.bus_specs[bus_id]
+
+        points = device.get("points")
+        if isinstance(points, list):
+            own_points = [(j, p) for j, p in enumerate(points) if isinstance(p, dict)]
+            self._duplicates(
+                own_points, "name", (*loc, "points"), "point name", f" in device {device_id!r}"
             )
 
-        # Driver problems are reported at the driver key, or at the id for the default one.
-        given = "driver" in device
-        driver_loc: Loc = (*loc, "driver") if given else (*loc, "id")
-        driver = _text(device, "driver", ID_PATTERN) if given else "modbus"
-        driver_ok = driver is not None and driver in self.installed
-        if driver is not None and not driver_ok:
-            installed = ", ".join(sorted(self.installed)) or "none"
-            default = "" if given else " (the default)"
-            self.error(
-                driver_loc,
-                f"driver {driver!r}{default} is not installed (installed: {installed})",
-            )
-
-        points = device.get("points", [])
-        own_points = (
-            [(j, p) for j, p in enumerate(points) if isinstance(p, dict)]
-            if isinstance(points, list)
-            else []
-        )
-        self._duplicates(
-            own_points, "name", (*loc, "points"), "point name", f" in device {device_id!r}"
-        )
-
-        profile_points = 0
-        if "profile" in device and device["profile"] is not None:
+        driver = self._driver_of(i, device, bus)
+        profile: ProfileConfig | None = None
+        profile_known = True
+        if device.get("profile") is not None:
             name = _text(device, "profile", ID_PATTERN)
-            if name is None:
-                return  # the model reports a malformed name
-            profile = self._resolve_profile(i, name, driver if driver_ok else None, driver_loc)
-            if profile is None:
-                return  # reported; its points are unknown
-            self.device_profiles[i] = profile
-            profile_points = len(profile.points)
-        else:
-            self.device_profiles[i] = None
-        if isinstance(points, list) and not points and not profile_points:
+            profile = None if name is None else self._resolve_profile(i, name, driver)
+            profile_known = profile is not None
+        if driver is None:
+            return  # reported, or the bus is unknown and the driver cannot be told
+        self._check_options(i, device, driver, bus, profile, profile_known)
+
+    def _check_options(
+        self,
+        i: int,
+        device: dict[str, Any],
+        driver: tuple[str, type[Driver]],
+        bus: BusSpec | None,
+        profile: ProfileConfig | None,
+        profile_known: bool,
+    ) -> None:
+        """Check the device's driver keys, merged with its profile's, with the driver's
+        ``device_model``; errors go to the device entry's nodes."""
+        name, cls = driver
+        loc: Loc = ("devices", i)
+        own = {k: v for k, v in device.items() if k not in CORE_DEVICE_KEYS}
+        data: dict[str, Any] = {}
+        from_profile: set[str] = set()
+        # The merged points: where each came from, the device's index or None (profile).
+        origins: list[int | None] = []
+        if profile is not None:
+            data.update(profile.defaults)
+            from_profile.update(profile.defaults)
+        data.update(own)
+        from_profile.difference_update(own)
+        if profile is not None:
+            merged, origins = _merge_points(profile.raw_points, own.get("points"))
+            if merged is not None:
+                data["points"] = merged
+                if "points" not in own:
+                    from_profile.add("points")
+
+        def locate(path: Loc) -> Place:
+            if not path:
+                return Place(loc)
+            head = path[0]
+            if head == "points" and origins and len(path) > 1 and isinstance(path[1], int):
+                origin = origins[path[1]] if 0 <= path[1] < len(origins) else None
+                if origin is not None:
+                    return Place((*loc, "points", origin, *path[2:]))
+            elif head not in from_profile:
+                return Place((*loc, *path))
+            if profile is None:  # only a profile brings in points or keys of its own
+                return Place((*loc, *path))
+            return Place(
+                (*loc, "profile"),
+                own=False,
+                note=f"; {_path_str(path)} comes from profile {profile.name!r}",
+            )
+
+        context = {"bus": bus} if bus is not None else {}
+        try:
+            options = cls.device_model.model_validate(data, context=context)
+        except ValidationError as exc:
+            self.issues.extend(
+                validation_issues(
+                    exc,
+                    self.doc,
+                    cls.device_model,
+                    data=data,
+                    locate=locate,
+                    root_keys=CORE_DEVICE_KEYS | set(cls.device_model.model_fields),
+                    # The profile could not be read: keys it may supply are not missing.
+                    keep=None if profile_known else not_missing_at_top,
+                )
+            )
+            return
+        except Exception as exc:  # a driver's model must not crash the loader
+            self.error(loc, f"driver {name!r} failed to check the device: {exc!r}", at="key")
+            return
+        if not profile_known:
+            return
+        try:
+            points = cls.points_of(options)
+        except Exception as exc:
+            self.error(loc, f"driver {name!r} failed to list the points: {exc!r}", at="key")
+            return
+        if not points:
+            device_id = _text(device, "id") or f"#{i}"
             self.error(
                 (*loc, "points"),
                 f"device {device_id!r} has no points; list them under points: or use a profile:",
                 at="key",
             )
+            return
+        self.resolved[i] = _Resolved(name, cls, options, profile)
 
-    def _driver_profile_dirs(self, driver: str, driver_loc: Loc) -> list[Path] | None:
-        # Loaded only when a profile is not found elsewhere; a broken plugin is reported
-        # once, at the first device that needs it.
-        if driver not in self._driver_dirs:
-            try:
-                cls = load_driver(driver)
-                self._driver_dirs[driver] = [Path(d) for d in cls.profile_dirs]
-            except Exception as exc:  # a broken plugin is a config problem, not a crash
-                self._driver_dirs[driver] = None
-                self.error(driver_loc, f"driver {driver!r} cannot be loaded: {exc}")
-        return self._driver_dirs[driver]
+    # --- profiles
 
     def _resolve_profile(
-        self, i: int, name: str, driver: str | None, driver_loc: Loc
+        self, i: int, name: str, driver: tuple[str, type[Driver]] | None
     ) -> ProfileConfig | None:
-        """The profile ``name`` of device ``i`` (``driver``: its driver, if installed)."""
+        """The profile ``name`` of device ``i``, checked against its driver."""
         from swm_edge.config.profiles import find_profile, load_profile, profile_names
 
         searched = [self.base_dir / "profiles", *self.profile_dirs]
@@ -675,9 +944,7 @@ class _Checker:
         if found is None:
             if driver is None:
                 return None  # the driver problem is reported; its profiles are unknown
-            driver_dirs = self._driver_profile_dirs(driver, driver_loc)
-            if driver_dirs is None:
-                return None
+            driver_dirs = [Path(d) for d in driver[1].profile_dirs]
             searched += driver_dirs
             found = find_profile(name, driver_dirs)
         if found is None:
@@ -690,91 +957,120 @@ class _Checker:
                 ("devices", i, "profile"), f"unknown profile {name!r}; {hint}searched: {where}"
             )
             return None
-        key = found.resolve()
-        if key not in self._profiles_by_file:
+        if driver is None:
+            return None  # its points cannot be checked without the driver
+        key = (found.resolve(), driver[0])
+        if key not in self._profiles:
             try:
-                self._profiles_by_file[key] = load_profile(found)
+                self._profiles[key] = load_profile(found, driver[1])
             except ConfigError as exc:
-                self._profiles_by_file[key] = None
+                self._profiles[key] = None
                 self.profile_issues.extend(exc.issues)
-        return self._profiles_by_file[key]
+        return self._profiles[key]
+
+    # --- specs
 
     def build(self, config: Config) -> tuple[list[BusSpec], list[DeviceSpec]]:
-        from swm_edge.config.profiles import merge_profile
-
+        """The core's specs of a config whose checks found nothing."""
         buses = [bus.to_spec() for bus in config.buses]
         devices: list[DeviceSpec] = []
         for i, device in enumerate(config.devices):
-            merged, points = merge_profile(device, self.device_profiles.get(i))
-            for point in points:
-                limit = merged.max_bits if point.table.is_bits else merged.max_registers
-                if point.width > limit:
-                    self._too_wide(i, device, point, limit)
+            resolved = self.resolved.get(i)
+            if resolved is None:  # every unresolved device was reported; be safe anyway
+                self.error(("devices", i), f"device {device.id!r} could not be checked", at="key")
+                continue
+            quirks = dict(resolved.profile.quirks) if resolved.profile is not None else {}
+            quirks.update({key: getattr(device, key) for key in device.model_fields_set})
+            merged = DeviceQuirks.model_validate(
+                {key: value for key, value in quirks.items() if key in QUIRK_KEYS}
+            )
             devices.append(
                 DeviceSpec(
-                    id=merged.id,
-                    bus=merged.bus,
-                    unit=merged.unit,
-                    interval=merged.interval,
-                    points=tuple(p.to_spec() for p in points),
-                    driver=merged.driver,
+                    id=device.id,
+                    bus=device.bus,
+                    interval=device.interval,
+                    points=tuple(resolved.driver_cls.points_of(resolved.options)),
+                    driver=resolved.driver,
                     timeout=merged.timeout,
                     retries=merged.retries,
                     request_delay=merged.request_delay,
-                    single_point_reads=merged.single_point_reads,
-                    max_gap=merged.max_gap,
-                    max_registers=merged.max_registers,
-                    max_bits=merged.max_bits,
                     offline_after=merged.offline_after,
                     offline_backoff_max=merged.offline_backoff_max,
+                    options=resolved.options,
                 )
             )
         return buses, devices
 
-    def _too_wide(self, i: int, device: DeviceConfig, point: PointConfig, limit: int) -> None:
-        own = [j for j, p in enumerate(device.points) if p.name == point.name]
-        if own:
-            loc: Loc = ("devices", i, "points", own[0], "type")
-        elif "max_registers" in device.model_fields_set:
-            loc = ("devices", i, "max_registers")
+    def driver_classes(self, config: Config) -> dict[str, type[Driver]]:
+        """The driver class of every checked device, by device id."""
+        return {
+            device.id: self.resolved[i].driver_cls
+            for i, device in enumerate(config.devices)
+            if i in self.resolved
+        }
+
+
+def _merge_points(
+    profile_points: Sequence[dict[str, Any]], own: Any
+) -> tuple[list[Any] | None, list[int | None]]:
+    """A profile's points merged with a device's ``points`` (as written).
+
+    The profile's in their order, each replaced by the device's point of the same name,
+    then the device's other points in their order. Returns the merged list (``None`` when
+    the device's ``points`` is not a list, which its model reports) and, per merged point,
+    its index in the device's list or ``None`` for a profile point.
+    """
+    if own is None:
+        return list(profile_points), [None] * len(profile_points)
+    if not isinstance(own, list):
+        return None, []
+    by_name: dict[str, int] = {}
+    for j, point in enumerate(own):
+        name = point.get("name") if isinstance(point, dict) else None
+        if isinstance(name, str) and name not in by_name:
+            by_name[name] = j
+    merged: list[Any] = []
+    origins: list[int | None] = []
+    used: set[int] = set()
+    for point in profile_points:
+        index = by_name.get(str(point.get("name")))
+        if index is None:
+            merged.append(point)
+            origins.append(None)
         else:
-            loc = ("devices", i, "profile")
-        self.error(
-            loc,
-            f"point {point.name!r} is a {point.type} of {point.width} registers, but device "
-            f"{device.id!r} reads at most {limit} per request (max_registers)",
-        )
+            merged.append(own[index])
+            origins.append(index)
+            used.add(index)
+    for j, point in enumerate(own):
+        if j not in used:
+            merged.append(point)
+            origins.append(j)
+    return merged, origins
 
 
 def _wire_time_warnings(
-    doc: YamlDocument, config: Config, devices: Sequence[DeviceSpec]
+    doc: YamlDocument,
+    config: Config,
+    devices: Sequence[DeviceSpec],
+    drivers: dict[str, type[Driver]],
 ) -> list[ConfigIssue]:
     """A warning for every serial line whose devices need more wire time than it has."""
     out: list[ConfigIssue] = []
     for i, bus in enumerate(config.buses):
-        if not isinstance(bus, RtuBusConfig):
+        if bus.type not in SERIAL_BUS_TYPES:
             continue
+        spec = bus.to_spec()
         loads: list[tuple[str, float]] = []
         for device in devices:
-            if device.bus != bus.id:
+            cls = drivers.get(device.id)
+            if device.bus != bus.id or cls is None:
                 continue
-            requests = plan_reads(
-                device.points,
-                max_gap=device.max_gap,
-                max_registers=device.max_registers,
-                max_bits=device.max_bits,
-                single_point=device.single_point_reads,
-            )
-            seconds = poll_seconds(
-                requests,
-                baudrate=bus.baudrate,
-                parity=bus.parity,
-                stopbits=bus.stopbits,
-                bytesize=bus.bytesize,
-                # The bus worker waits the longer of the two delays before each request.
-                request_delay=max(bus.request_delay, device.request_delay),
-            )
-            loads.append((device.id, seconds / device.interval))
+            try:
+                seconds = cls.estimate_seconds(device, spec)
+            except Exception:  # an estimate is a nicety; a driver bug must not stop loading
+                seconds = None
+            if seconds is not None:
+                loads.append((device.id, seconds / device.interval))
         total = sum(load for _, load in loads)
         if total > _MAX_LINE_LOAD:
             loads.sort(key=lambda item: -item[1])
@@ -783,7 +1079,7 @@ def _wire_time_warnings(
                 doc.issue(
                     ("buses", i),
                     f"line {bus.id!r} needs {total:.2f} s of wire time per second at "
-                    f"{bus.baudrate} baud: devices {figures}; polls will fall behind their "
+                    f"{spec.baudrate} baud: devices {figures}; polls will fall behind their "
                     "intervals (lengthen intervals, raise the baud rate, or split the line)",
                     severity="warning",
                 )
@@ -829,5 +1125,5 @@ def load_config(path: Path, *, profile_dirs: Sequence[Path] | None = None) -> Lo
     buses, devices = checker.build(config)
     if checker.issues:
         raise ConfigError(_ordered(checker.issues, doc.file))
-    warnings_ = _wire_time_warnings(doc, config, devices)
+    warnings_ = _wire_time_warnings(doc, config, devices, checker.driver_classes(config))
     return LoadedConfig(path, config, buses, devices, warnings_)

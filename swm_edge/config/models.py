@@ -1,9 +1,13 @@
 """Pydantic models of the configuration file.
 
 The models check everything that can be checked inside one section (types, ranges,
-patterns, combinations of fields within one point or one bus). Checks that span sections
-(a device's bus exists, ids are unique, profiles resolve) live in
-:mod:`swm_edge.config.loader`, which also knows where each value sits in the YAML file.
+patterns, combinations of fields within one bus). A device entry is checked in two parts
+(docs/decisions/0003-driver-sdk.md): :class:`DeviceConfig` holds the core keys, the same
+for every driver; all other keys belong to the device's driver and are checked by its
+``device_model`` (for Modbus, :class:`swm_edge.modbus.config.ModbusDevice`). Checks that
+span sections (a device's bus exists, ids are unique, profiles resolve, the driver's keys)
+live in :mod:`swm_edge.config.loader`, which also knows where each value sits in the YAML
+file.
 
 Types are strict on purpose: YAML guesses scalar types, and a gateway id written as
 ``0001`` would silently become the integer 1 under lax coercion, ``port: "502"`` or
@@ -29,7 +33,6 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
-    StrictBool,
     StrictInt,
     StrictStr,
     ValidationInfo,
@@ -38,21 +41,23 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from swm_edge.modbus.codec import register_count
-from swm_edge.model import BusSpec, DataType, PointSpec, Table, WordOrder
-from swm_edge.units import CANONICAL_UNITS, check_unit
+from swm_edge.modbus.config import POINT_NAME_PATTERN
+from swm_edge.model import BusSpec
 
 __all__ = [
     "BAUDRATES",
     "BUS_TYPES",
     "CLIENT_ID_PATTERN",
+    "CORE_DEVICE_KEYS",
     "DEFAULT_BUFFER_PATH",
     "ENV_NAME_PATTERN",
     "HOST_PATTERN",
     "ID_PATTERN",
+    "MBUS_BAUDRATES",
     "PATTERN_HELP",
     "POINT_NAME_PATTERN",
     "QUIRK_KEYS",
+    "SERIAL_BUS_TYPES",
     "TOPIC_PREFIX_PATTERN",
     "BufferConfig",
     "BusConfig",
@@ -62,9 +67,10 @@ __all__ = [
     "DeviceQuirks",
     "GatewayConfig",
     "LocationConfig",
+    "MbusBusConfig",
     "MqttConfig",
-    "PointConfig",
     "RtuBusConfig",
+    "Sdi12BusConfig",
     "TcpBusConfig",
     "TlsConfig",
     "field_error",
@@ -72,8 +78,6 @@ __all__ = [
 
 #: Gateway, bus and device ids: safe as one MQTT topic level and as a file name.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-#: Point names: safe as a JSON key, a topic level and an identifier in most query languages.
-POINT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 #: MQTT topic prefix: one or more topic levels, no wildcards, no empty levels.
 TOPIC_PREFIX_PATTERN = r"^[^+#/\s]+(/[^+#/\s]+)*$"
 #: Environment variable names (POSIX portable set).
@@ -97,13 +101,12 @@ PATTERN_HELP: dict[str, str] = {
     CLIENT_ID_PATTERN: "must be 1-128 printable ASCII characters without spaces",
 }
 
-#: Standard serial line rates a modbus-rtu bus accepts.
+#: Standard serial line rates a modbus-rtu or sdi12 bus accepts.
 BAUDRATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
+#: Line rates of M-Bus (EN 13757-2): meters ship at 2400 or 300 baud, some up to 38400.
+MBUS_BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400)
 
 DEFAULT_BUFFER_PATH = Path("/var/lib/swm-edge/buffer.sqlite")
-
-# Addresses per Modbus table; a point's last register must lie below this.
-_ADDRESS_SPACE = 0x10000
 
 
 def field_error(field: str, message: str) -> PydanticCustomError:
@@ -150,20 +153,6 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     return Path(base) / value
 
 
-def _unit_before(value: Any) -> Any:
-    # YAML reads "unit: 1" (the dimensionless unit) as an integer.
-    if type(value) is int and value == 1:
-        return "1"
-    return value
-
-
-def _unit_after(value: str) -> str:
-    problem = check_unit(value)
-    if problem is not None:
-        raise PydanticCustomError("unit_unknown", problem)
-    return value
-
-
 def _protocol_before(value: Any) -> Any:
     # "protocol: 5" is a YAML integer.
     if type(value) is int and value == 5:
@@ -173,16 +162,9 @@ def _protocol_before(value: Any) -> Any:
 
 FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
 Id = Annotated[StrictStr, Field(pattern=ID_PATTERN)]
-PointName = Annotated[StrictStr, Field(pattern=POINT_NAME_PATTERN)]
 FilePath = Annotated[Path, BeforeValidator(_non_empty_path), AfterValidator(_resolve_path)]
-Unit = Annotated[
-    StrictStr,
-    BeforeValidator(_unit_before),
-    AfterValidator(_unit_after),
-    # The integer 1 is listed because that is what YAML makes of "unit: 1".
-    WithJsonSchema({"enum": [*sorted(CANONICAL_UNITS), 1]}),
-]
 Baudrate = Annotated[StrictInt, _one_of(*BAUDRATES), _int_enum(*BAUDRATES)]
+MbusBaudrate = Annotated[StrictInt, _one_of(*MBUS_BAUDRATES), _int_enum(*MBUS_BAUDRATES)]
 StopBits = Annotated[StrictInt, _one_of(1, 2), _int_enum(1, 2)]
 ByteSize = Annotated[StrictInt, _one_of(7, 8), _int_enum(7, 8)]
 Qos = Annotated[StrictInt, _one_of(0, 1, 2), _int_enum(0, 1, 2)]
@@ -439,88 +421,97 @@ class TcpBusConfig(ConfigModel):
         )
 
 
-BusConfig = Annotated[RtuBusConfig | TcpBusConfig, Field(discriminator="type")]
-#: The allowed values of a bus's ``type``.
-BUS_TYPES: tuple[str, ...] = ("modbus-rtu", "modbus-tcp")
+class _RawSerialBusConfig(ConfigModel):
+    """A serial port whose protocol the device's driver speaks itself (a SerialTransport)."""
 
-
-class PointConfig(ConfigModel):
-    """One value of a device and where it lives in the Modbus tables."""
-
-    name: PointName = Field(description="Point name, unique within the device.")
-    table: Table = Field(default=Table.HOLDING, description="Modbus table.")
-    address: StrictInt = Field(
+    id: Id = Field(description="Bus id, referenced by devices.")
+    # Each bus type declares these with its own literal and line defaults.
+    type: str
+    baudrate: int
+    parity: str
+    bytesize: int
+    port: StrictStr = Field(
+        min_length=1, description="Serial device of the adapter, e.g. /dev/serial/by-id/..."
+    )
+    stopbits: StopBits = Field(default=1, description="Stop bits: 1 or 2.")
+    timeout: FiniteFloat = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="Seconds to wait for an answer (devices may override).",
+    )
+    request_delay: FiniteFloat = Field(
+        default=0.0,
         ge=0,
-        le=_ADDRESS_SPACE - 1,
-        description="Zero-based address of the (first) register or bit.",
-    )
-    type: DataType = Field(
-        default=DataType.UINT16, description="Value type; coil and discrete points are always bool."
-    )
-    word_order: WordOrder = Field(
-        default=WordOrder.BIG,
-        description="Order of the registers of a multi-register value; big = high word first.",
-    )
-    byte_swap: StrictBool = Field(
-        default=False, description="Swap the two bytes inside every register."
-    )
-    scale: FiniteFloat = Field(default=1.0, description="Value = raw * scale + offset.")
-    offset: FiniteFloat = Field(default=0.0, description="Value = raw * scale + offset.")
-    unit: Unit | None = Field(
-        default=None, description="Unit of the scaled value (a canonical spelling)."
+        le=10,
+        description="Pause before each request on this line, seconds.",
     )
 
-    @property
-    def width(self) -> int:
-        """Registers (or bits, in a bit table) the point occupies."""
-        return 1 if self.table.is_bits else register_count(self.type)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PointConfig:
-        if self.table.is_bits:
-            if self.type is not DataType.BOOL:
-                raise field_error(
-                    "type",
-                    f"a {self.table} point is a single bit: its type must be bool, not {self.type}",
-                )
-            if self.word_order is not WordOrder.BIG:
-                raise field_error(
-                    "word_order", f"word_order does not apply to a {self.table} point"
-                )
-            if self.byte_swap:
-                raise field_error("byte_swap", f"byte_swap does not apply to a {self.table} point")
-        if self.address + self.width > _ADDRESS_SPACE:
-            raise field_error(
-                "address",
-                f"a {self.type} at address {self.address} needs registers up to "
-                f"{self.address + self.width - 1}, past the last address 65535",
-            )
-        if self.type is DataType.BOOL:
-            if self.scale != 1.0:
-                raise field_error("scale", "scale does not apply to a bool point")
-            if self.offset != 0.0:
-                raise field_error("offset", "offset does not apply to a bool point")
-        if self.scale == 0.0:
-            raise field_error("scale", "scale must not be 0 (every value would equal offset)")
-        return self
-
-    def to_spec(self) -> PointSpec:
-        """The point as the core's :class:`~swm_edge.model.PointSpec`."""
-        return PointSpec(
-            name=self.name,
-            table=self.table,
-            address=self.address,
+    def to_spec(self) -> BusSpec:
+        """The bus as the core's :class:`~swm_edge.model.BusSpec`."""
+        return BusSpec(
+            id=self.id,
             type=self.type,
-            word_order=self.word_order,
-            byte_swap=self.byte_swap,
-            scale=self.scale,
-            offset=self.offset,
-            unit=self.unit,
+            timeout=self.timeout,
+            port=self.port,
+            baudrate=self.baudrate,
+            parity=self.parity,
+            stopbits=self.stopbits,
+            bytesize=self.bytesize,
+            request_delay=self.request_delay,
         )
 
 
+class MbusBusConfig(_RawSerialBusConfig):
+    """A wired M-Bus (EN 13757-2) line behind a level converter, read by an M-Bus driver."""
+
+    type: Literal["mbus"] = Field(description="Bus type.")
+    baudrate: MbusBaudrate = Field(
+        default=2400, description="Line speed, baud (M-Bus meters ship at 2400 or 300)."
+    )
+    parity: Literal["N", "E", "O"] = Field(
+        default="E", description="Parity: N(one), E(ven) or O(dd); M-Bus uses even."
+    )
+    bytesize: ByteSize = Field(default=8, description="Data bits: 7 or 8.")
+
+
+class Sdi12BusConfig(_RawSerialBusConfig):
+    """An SDI-12 data line behind a serial adapter, read by an SDI-12 driver."""
+
+    type: Literal["sdi12"] = Field(description="Bus type.")
+    baudrate: Baudrate = Field(
+        default=1200, description="Line speed, baud (SDI-12 itself is always 1200)."
+    )
+    parity: Literal["N", "E", "O"] = Field(
+        default="E", description="Parity: N(one), E(ven) or O(dd); SDI-12 uses even."
+    )
+    bytesize: ByteSize = Field(default=7, description="Data bits: 7 or 8; SDI-12 uses 7.")
+
+
+class SerialBusConfig(_RawSerialBusConfig):
+    """A plain serial line (RS-232/RS-485) for devices with their own ASCII or binary
+    protocol; no driver is chosen by default, devices name theirs with ``driver:``."""
+
+    type: Literal["serial"] = Field(description="Bus type.")
+    baudrate: Baudrate = Field(default=9600, description="Line speed, baud.")
+    parity: Literal["N", "E", "O"] = Field(
+        default="N", description="Parity: N(one), E(ven) or O(dd)."
+    )
+    bytesize: ByteSize = Field(default=8, description="Data bits: 7 or 8.")
+
+
+BusConfig = Annotated[
+    RtuBusConfig | TcpBusConfig | MbusBusConfig | Sdi12BusConfig | SerialBusConfig,
+    Field(discriminator="type"),
+]
+#: The allowed values of a bus's ``type``.
+BUS_TYPES: tuple[str, ...] = ("modbus-rtu", "modbus-tcp", "mbus", "sdi12", "serial")
+#: Bus types that are a serial line (a ``port``), for the line-load warning.
+SERIAL_BUS_TYPES: frozenset[str] = frozenset({"modbus-rtu", "mbus", "sdi12", "serial"})
+
+
 class DeviceQuirks(ConfigModel):
-    """Per-device polling options, for devices that need gentler handling.
+    """Per-device polling options of the core, for devices that need gentler handling.
 
     Device profiles may set defaults for these; a device's own settings win.
     """
@@ -537,22 +528,6 @@ class DeviceQuirks(ConfigModel):
     request_delay: FiniteFloat = Field(
         default=0.0, ge=0, le=10, description="Pause before each request to this device, seconds."
     )
-    single_point_reads: StrictBool = Field(
-        default=False,
-        description="Read every point with a request of its own (devices refusing block reads).",
-    )
-    max_gap: StrictInt = Field(
-        default=10,
-        ge=0,
-        le=125,
-        description="Unused registers a block read may span to join two points.",
-    )
-    max_registers: StrictInt = Field(
-        default=125, ge=1, le=125, description="Most registers the device returns in one request."
-    )
-    max_bits: StrictInt = Field(
-        default=2000, ge=1, le=2000, description="Most bits the device returns in one request."
-    )
     offline_after: StrictInt = Field(
         default=3,
         ge=1,
@@ -567,33 +542,38 @@ class DeviceQuirks(ConfigModel):
     )
 
 
-#: The keys of :class:`DeviceQuirks`, which a device profile's ``device:`` may default.
+#: The core keys a device profile's ``device:`` may default (its driver's keys too).
 QUIRK_KEYS: tuple[str, ...] = tuple(DeviceQuirks.model_fields)
 
 
 class DeviceConfig(DeviceQuirks):
-    """A device on a bus, polled every ``interval`` seconds."""
+    """A device on a bus, polled every ``interval`` seconds: its core keys.
+
+    Every other key of the entry belongs to the device's driver, which checks it with its
+    ``device_model`` (see :mod:`swm_edge.config.loader`); here such keys are kept as
+    written, in ``model_extra``.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     id: Id = Field(description="Device id; part of the MQTT topic of its readings.")
     bus: Id = Field(description="Id of the bus the device is on.")
-    unit: StrictInt = Field(
-        ge=0, le=255, description="Modbus unit (slave) id: 1..247 on an RTU bus, 0..255 on TCP."
-    )
     interval: FiniteFloat = Field(
         default=10.0, ge=0.1, le=86400, description="Poll interval, seconds."
     )
     profile: Id | None = Field(
         default=None,
-        description="Device profile (NAME of a NAME.yaml) supplying points and quirk defaults.",
+        description="Device profile (NAME of a NAME.yaml) supplying points and defaults.",
     )
-    driver: Id = Field(
-        default="modbus",
-        description="Driver (entry point in swm_edge.drivers) that reads the device.",
+    driver: Id | None = Field(
+        default=None,
+        description="Driver (entry point in swm_edge.drivers) that reads the device; default: "
+        "the installed driver for the bus's type.",
     )
-    points: list[PointConfig] = Field(
-        default_factory=list,
-        description="Points; they add to the profile's and replace same-named ones.",
-    )
+
+
+#: The keys of a device entry the core checks; all others go to the device's driver.
+CORE_DEVICE_KEYS: frozenset[str] = frozenset(DeviceConfig.model_fields)
 
 
 class Config(ConfigModel):

@@ -1,68 +1,61 @@
 """Device profiles: the points and quirks of one device model, written once.
 
-A profile is ``NAME.yaml`` (format in docs/decisions/0001-module-contracts.md)::
+A profile is ``NAME.yaml`` in a folder of the driver it belongs to (format in
+docs/decisions/0003-driver-sdk.md)::
 
     manufacturer: KELLER AG
     model: Series 30 pressure transmitter
     kind: pressure transmitter
     source: "KELLER AG, Communication protocol for Series 30 and 40, v3.5, ch. 4"
-    device: {max_registers: 4}      # optional defaults of the device quirk keys
-    points:
+    device: {max_registers: 4}      # optional defaults: core quirk keys and driver keys
+    points:                         # in the driver's point shape
       - {name: pressure, table: holding, address: 2, type: float32, unit: bar, note: "P1"}
 
-A device using ``profile: NAME`` gets the profile's points and ``device:`` defaults; its own
-quirk keys win, its own points add to the profile's and replace same-named ones.
+The profile is checked against the device's driver: ``points`` with the items of the
+``points`` field of its ``device_model``, the driver keys of ``device:`` with the model's
+fields one by one (a profile does not set, e.g., a unit id, so missing keys are fine). A
+device using ``profile: NAME`` gets the profile's points and ``device:`` defaults; its own
+keys win, its own points add to the profile's and replace same-named ones (the merging is
+done by :mod:`swm_edge.config.loader`, so errors of the merged entry land on its nodes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pydantic import ConfigDict, Field, StrictStr, ValidationError
+from pydantic import Field, StrictStr, TypeAdapter, ValidationError
 
 from swm_edge.config.loader import (
     ConfigError,
+    ConfigIssue,
+    Loc,
+    Place,
+    YamlDocument,
     check_root_mapping,
+    not_missing_at_top,
     read_yaml_document,
     validation_issues,
 )
-from swm_edge.config.models import ConfigModel, DeviceConfig, DeviceQuirks, PointConfig
+from swm_edge.config.models import QUIRK_KEYS, ConfigModel, DeviceQuirks
+from swm_edge.driver import Driver
 
 __all__ = [
     "PROFILE_SUFFIX",
     "ProfileConfig",
-    "ProfileDeviceDefaults",
-    "ProfilePointConfig",
+    "ProfileHeader",
     "find_profile",
     "load_profile",
-    "merge_profile",
     "profile_names",
 ]
 
 PROFILE_SUFFIX = ".yaml"
 
 
-class ProfilePointConfig(PointConfig):
-    """A point of a profile: a config point with a note on where it comes from."""
-
-    note: StrictStr | None = Field(
-        default=None, description="Where the point is documented, e.g. a manual's chapter."
-    )
-
-    def to_point(self) -> PointConfig:
-        """The point without its note, as a device's point."""
-        return PointConfig.model_validate(self.model_dump(exclude={"note"}))
-
-
-class ProfileDeviceDefaults(DeviceQuirks):
-    """Defaults a profile sets for the quirk keys of its devices; only the keys given count."""
-
-
-class ProfileConfig(ConfigModel):
-    """A device profile file."""
-
-    model_config = ConfigDict(title="swm-edge device profile")
+class ProfileHeader(ConfigModel):
+    """The keys of a profile file every driver's profiles have (checked by the core)."""
 
     manufacturer: StrictStr = Field(min_length=1, description="Manufacturer of the device.")
     model: StrictStr = Field(min_length=1, description="Model or series the profile covers.")
@@ -72,12 +65,41 @@ class ProfileConfig(ConfigModel):
     source: StrictStr = Field(
         min_length=1, description="Document (title, version, chapter) the register map is from."
     )
-    device: ProfileDeviceDefaults | None = Field(
-        default=None, description="Defaults for the device's quirk keys; a device's own keys win."
+    device: dict[str, Any] | None = Field(
+        default=None,
+        description="Defaults for the device's keys (core quirk keys and driver keys); a "
+        "device's own keys win.",
     )
-    points: list[ProfilePointConfig] = Field(
-        min_length=1, description="The device's points, unique by name."
+    points: list[Any] = Field(
+        min_length=1, description="The device's points in the driver's shape, unique by name."
     )
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """A checked device profile file.
+
+    ``quirks`` are the core keys its ``device:`` sets (checked values); ``defaults`` the
+    driver keys it sets, and ``raw_points`` its points, both as written, to be merged with a
+    device entry and checked there again with the bus known; ``points`` are the driver's
+    point objects.
+    """
+
+    name: str
+    path: Path
+    manufacturer: str
+    model: str
+    kind: str
+    source: str
+    quirks: Mapping[str, Any]
+    defaults: Mapping[str, Any]
+    points: tuple[Any, ...]
+    raw_points: tuple[dict[str, Any], ...]
+
+    @property
+    def device(self) -> dict[str, Any]:
+        """Every key the profile's ``device:`` sets: core quirk keys and driver keys."""
+        return {**self.defaults, **self.quirks}
 
 
 def find_profile(name: str, dirs: Iterable[Path]) -> Path | None:
@@ -100,12 +122,79 @@ def profile_names(dirs: Iterable[Path]) -> set[str]:
     return names
 
 
-def load_profile(path: Path) -> ProfileConfig:
-    """Load and check one profile file.
+def _under(prefix: Loc) -> Callable[[Loc], Place]:
+    def locate(path: Loc) -> Place:
+        return Place((*prefix, *path))
+
+    return locate
+
+
+def _check_device_defaults(
+    doc: YamlDocument, device: dict[str, Any], driver: type[Driver]
+) -> tuple[dict[str, Any], list[ConfigIssue]]:
+    """The checked core quirk defaults of a profile's ``device:``, and its problems."""
+    issues: list[ConfigIssue] = []
+    quirk_data = {k: v for k, v in device.items() if k in QUIRK_KEYS}
+    driver_data = {k: v for k, v in device.items() if k not in QUIRK_KEYS}
+    quirks: dict[str, Any] = {}
+    try:
+        checked = DeviceQuirks.model_validate(quirk_data)
+        quirks = {key: getattr(checked, key) for key in checked.model_fields_set}
+    except ValidationError as exc:
+        issues += validation_issues(
+            exc, doc, DeviceQuirks, data=quirk_data, locate=_under(("device",))
+        )
+    if "points" in driver_data:
+        del driver_data["points"]
+        issues.append(
+            doc.issue(
+                ("device", "points"),
+                "a profile's points go under its top-level points:, not under device:",
+                at="key",
+            )
+        )
+    model = driver.device_model
+    allowed = (set(model.model_fields) - {"points"}) | set(QUIRK_KEYS)
+    try:
+        model.model_validate(driver_data)
+    except ValidationError as exc:
+        issues += validation_issues(
+            exc,
+            doc,
+            model,
+            data=driver_data,
+            locate=_under(("device",)),
+            root_keys=allowed,
+            # Defaults need not be complete: the device entry supplies the rest.
+            keep=not_missing_at_top,
+        )
+    return quirks, issues
+
+
+def _check_points(
+    doc: YamlDocument, points: list[Any], driver: type[Driver]
+) -> tuple[tuple[Any, ...], list[ConfigIssue]]:
+    """The profile's points as the driver's point objects, and their problems."""
+    field = driver.device_model.model_fields.get("points")
+    if field is None or field.annotation is None:
+        message = f"driver {driver.__name__} takes no points"
+        return (), [doc.issue(("points",), message, at="key")]
+    adapter: TypeAdapter[Any] = TypeAdapter(field.annotation)
+    try:
+        return tuple(adapter.validate_python(points)), []
+    except ValidationError as exc:
+        return (), validation_issues(
+            exc, doc, field.annotation, data=points, locate=_under(("points",))
+        )
+
+
+def load_profile(path: Path, driver: type[Driver]) -> ProfileConfig:
+    """Load one profile file and check it against ``driver``.
 
     Raises:
         ConfigError: with every problem, located in the profile file itself.
     """
+    path = Path(path)
     doc, issues = read_yaml_document(path)
     if doc is None:
         raise ConfigError(issues)
@@ -114,49 +203,48 @@ def load_profile(path: Path) -> ProfileConfig:
     )
     if root_issue is not None:
         raise ConfigError([*issues, root_issue])
-    profile: ProfileConfig | None = None
+    header: ProfileHeader | None = None
     try:
-        profile = ProfileConfig.model_validate(doc.data)
+        header = ProfileHeader.model_validate(doc.data)
     except ValidationError as exc:
-        issues.extend(validation_issues(exc, doc, ProfileConfig))
-    if profile is not None:
+        issues.extend(validation_issues(exc, doc, ProfileHeader))
+    data: dict[str, Any] = doc.data
+    quirks: dict[str, Any] = {}
+    device = data.get("device")
+    if isinstance(device, dict):
+        quirks, found = _check_device_defaults(doc, device, driver)
+        issues.extend(found)
+    raw_points = data.get("points")
+    points: tuple[Any, ...] = ()
+    if isinstance(raw_points, list):
+        points, found = _check_points(doc, raw_points, driver)
+        issues.extend(found)
         seen: dict[str, int] = {}
-        for j, point in enumerate(profile.points):
-            if point.name in seen:
-                first = doc.value_position(("points", seen[point.name], "name"))[0]
+        for j, point in enumerate(raw_points):
+            name = point.get("name") if isinstance(point, dict) else None
+            if not isinstance(name, str):
+                continue
+            if name in seen:
+                first = doc.value_position(("points", seen[name], "name"))[0]
                 issues.append(
                     doc.issue(
                         ("points", j, "name"),
-                        f"duplicate point name {point.name!r} (first at line {first})",
+                        f"duplicate point name {name!r} (first at line {first})",
                     )
                 )
             else:
-                seen[point.name] = j
-    if issues or profile is None:
-        raise ConfigError(sorted(issues, key=lambda i: (i.line, i.col)))
-    return profile
-
-
-def merge_profile(
-    device: DeviceConfig, profile: ProfileConfig | None
-) -> tuple[DeviceConfig, list[PointConfig]]:
-    """The device with the profile's quirk defaults applied, and its merged points.
-
-    Quirk keys the device sets itself win over the profile's ``device:`` defaults. Points:
-    the profile's in their order, each replaced by the device's point of the same name,
-    then the device's other points in their order.
-    """
-    if profile is None:
-        return device, list(device.points)
-    merged = device
-    if profile.device is not None:
-        defaults = {
-            key: getattr(profile.device, key)
-            for key in profile.device.model_fields_set
-            if key not in device.model_fields_set
-        }
-        merged = device.model_copy(update=defaults)
-    own = {point.name: point for point in device.points}
-    points = [own.pop(p.name) if p.name in own else p.to_point() for p in profile.points]
-    points.extend(own.values())
-    return merged, points
+                seen[name] = j
+    if issues or header is None:
+        raise ConfigError(sorted(dict.fromkeys(issues), key=lambda i: (i.line, i.col)))
+    return ProfileConfig(
+        name=path.stem,
+        path=path,
+        manufacturer=header.manufacturer,
+        model=header.model,
+        kind=header.kind,
+        source=header.source,
+        quirks=quirks,
+        defaults={k: v for k, v in (header.device or {}).items() if k not in QUIRK_KEYS},
+        points=points,
+        raw_points=tuple(raw_points) if isinstance(raw_points, list) else (),
+    )

@@ -115,6 +115,7 @@ class Destination:
         self._resend: list[Row] = []
         self._cursor = 0
         self._acked: list[int] = []
+        self._acks_pending = asyncio.Event()
         self._stop = threading.Event()
         self._session_ok = False  # network thread only: did the last connection get a CONNACK
         self._thread: threading.Thread | None = None
@@ -174,7 +175,11 @@ class Destination:
     async def _ack_loop(self) -> None:
         try:
             while True:
+                # Sleep until something was acknowledged (no wake-ups on an idle gateway),
+                # then linger so one transaction deletes a whole window's worth.
+                await self._acks_pending.wait()
                 await asyncio.sleep(self._ack_interval)
+                self._acks_pending.clear()
                 await self.flush_acks()
         finally:
             with contextlib.suppress(Exception):
@@ -223,6 +228,7 @@ class Destination:
         row = self._inflight.pop(mid, None)
         if row is not None:
             self._acked.append(row.seq)
+            self._acks_pending.set()
             self.stats.acked += 1
             self._wake.set()
 

@@ -243,14 +243,14 @@ def test_section_of_the_wrong_shape(tmp_path: Path) -> None:
 
 
 def test_unknown_bus_type_names_the_allowed_ones(tmp_path: Path) -> None:
-    text = BASE.replace("type: modbus-tcp", "type: mbus")
+    text = BASE.replace("type: modbus-tcp", "type: bacnet")
     path = write(tmp_path, text)
     assert_issue(
         only(path),
         path,
-        at(text, "mbus"),
+        at(text, "bacnet"),
         "buses.1.type",
-        "'mbus'; allowed: modbus-rtu, modbus-tcp",
+        "'bacnet'; allowed: modbus-rtu, modbus-tcp, mbus, sdi12",
     )
 
 
@@ -418,7 +418,77 @@ def test_duplicate_point_names(tmp_path: Path) -> None:
 def test_point_wider_than_max_registers(tmp_path: Path) -> None:
     text = BASE.replace("    unit: 1\n", "    unit: 1\n    max_registers: 1\n")
     path = write(tmp_path, text)
-    assert_issue(only(path), path, at(text, "float32"), "devices.0.points.0.type", "at most 1")
+    assert_issue(
+        only(path),
+        path,
+        at(text, "float32"),
+        "devices.0.points.0.type",
+        "point 'flow' is a float32 of 2 registers, but the device reads at most 1 per "
+        "request (max_registers)",
+    )
+
+
+def test_every_point_wider_than_max_registers(tmp_path: Path) -> None:
+    text = BASE.replace("    unit: 1\n", "    unit: 1\n    max_registers: 1\n")
+    text += "      - {name: ok, address: 9}\n      - {name: total, address: 10, type: uint64}\n"
+    path = write(tmp_path, text)
+    got = [(i.line, i.col, i.path) for i in errors(path)]
+    assert got == [
+        (*at(text, "float32"), "devices.0.points.0.type"),
+        (*at(text, "uint64"), "devices.0.points.2.type"),
+    ]
+
+
+# --- driver keys ----------------------------------------------------------------------
+
+
+def test_modbus_keys_of_a_device_at_their_nodes(tmp_path: Path) -> None:
+    # Keys other than the core keys are checked by the device's driver (here the default
+    # for a modbus-rtu bus); their errors land on their own nodes like the core's.
+    text = BASE + (
+        "  - id: d-2\n"
+        "    bus: rtu-1\n"
+        "    unit: 300\n"
+        "    colour: red\n"
+        "    max_gap: -1\n"
+        "    points: [{name: a, address: 0}]\n"
+        "  - {id: d-3, bus: rtu-1, unit: 248, points: [{name: a, address: 0}]}\n"
+    )
+    path = write(tmp_path, text)
+    got = [(i.line, i.col, i.path, i.message) for i in errors(path)]
+    assert got == [
+        (
+            *at(text, "300"),
+            "devices.1.unit",
+            "Input should be less than or equal to 255, got integer 300",
+        ),
+        (
+            *at(text, "colour"),
+            "devices.1.colour",
+            "unknown key 'colour'; allowed: bus, driver, id, interval, max_bits, max_gap, "
+            "max_registers, offline_after, offline_backoff_max, points, profile, "
+            "request_delay, retries, single_point_reads, timeout, unit",
+        ),
+        (
+            *at(text, "max_gap: |-1"),
+            "devices.1.max_gap",
+            "Input should be greater than or equal to 0, got integer -1",
+        ),
+        (
+            *at(text, "248"),
+            "devices.2.unit",
+            "unit 248 is out of range 1..247 for a device on modbus-rtu bus 'rtu-1' "
+            "(0 is broadcast, which no device answers)",
+        ),
+    ]
+
+
+def test_missing_modbus_unit_at_the_device(tmp_path: Path) -> None:
+    text = BASE.replace("    unit: 1\n", "")
+    path = write(tmp_path, text)
+    assert_issue(
+        only(path), path, at(text, "id: d-1"), "devices.0.unit", "missing required key 'unit'"
+    )
 
 
 # --- cross-section checks -----------------------------------------------------------
@@ -476,7 +546,7 @@ def test_unit_id_range_by_bus_type(tmp_path: Path, bus: str, unit: int, ok: bool
     text = BASE.replace("bus: tcp-1\n    unit: 1", f"bus: {bus}\n    unit: {unit}")
     path = write(tmp_path, text)
     if ok:
-        assert load_config(path).devices[0].unit == unit
+        assert load_config(path).devices[0].options.unit == unit
         return
     issue = only(path)
     assert (issue.line, issue.col, issue.path) == (9, 11, "devices.0.unit")
@@ -485,9 +555,12 @@ def test_unit_id_range_by_bus_type(tmp_path: Path, bus: str, unit: int, ok: bool
 
 
 def test_unknown_driver_at_driver(tmp_path: Path) -> None:
-    text = BASE.replace("    unit: 1\n", "    unit: 1\n    driver: sdi12\n")
+    text = BASE.replace("    unit: 1\n", "    unit: 1\n    driver: acme-x\n")
     path = write(tmp_path, text)
-    assert_issue(only(path), path, at(text, "sdi12"), "devices.0.driver", "not installed")
+    issue = only(path)
+    assert_issue(issue, path, at(text, "acme-x"), "devices.0.driver", "not installed")
+    assert issue.message.startswith("driver 'acme-x' is not installed (installed: ")
+    assert "modbus" in issue.message
 
 
 def test_default_driver_missing_is_reported_at_the_device_id(
@@ -496,7 +569,12 @@ def test_default_driver_missing_is_reported_at_the_device_id(
     monkeypatch.setattr("swm_edge.config.loader.available_drivers", dict)
     path = write(tmp_path, BASE)
     assert_issue(
-        only(path), path, at(BASE, "d-1"), "devices.0.id", "(the default) is not installed"
+        only(path),
+        path,
+        at(BASE, "d-1"),
+        "devices.0.id",
+        "no installed driver reads modbus-tcp buses (installed: none); "
+        "install one, or pick one with driver:",
     )
 
 

@@ -48,6 +48,9 @@ VALID: dict[str, Any] = {
     "buses": [
         {"id": "rtu", "type": "modbus-rtu", "port": "/dev/ttyUSB0", "baudrate": 1200},
         {"id": "lan", "type": "modbus-tcp", "host": "192.0.2.1"},
+        # Raw serial buses: mutations move devices onto them (another driver's keys).
+        {"id": "m", "type": "mbus", "port": "/dev/ttyUSB1"},
+        {"id": "s", "type": "sdi12", "port": "/dev/ttyUSB2"},
     ],
     "devices": [
         {
@@ -70,6 +73,7 @@ VOCABULARY = [
     "gateway", "mqtt", "buffer", "buses", "devices", "id", "type", "host", "port", "bus",
     "unit", "points", "name", "address", "table", "modbus-rtu", "modbus-tcp", "profile",
     "tls", "coil", "float32", "acme", "rtu", "lan", "<<", "interval", "password",
+    "mbus", "sdi12", "m", "s", "driver", "modbus",
 ]  # fmt: skip
 
 scalars = st.one_of(

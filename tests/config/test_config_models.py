@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from swm_edge.config import Config, ConfigError, MqttConfig, load_config
+from swm_edge.modbus.config import ModbusDevice
 from swm_edge.model import BusSpec, DataType, PointSpec, Table, WordOrder
 
 MINIMAL = """\
@@ -124,21 +125,22 @@ def test_specs_carry_every_field(tmp_path: Path) -> None:
         BusSpec(id="lan", type="modbus-tcp", timeout=2.0, host="192.0.2.10", tcp_port=5020),
     ]
     probe, meter = loaded.devices
-    assert (probe.id, probe.bus, probe.unit, probe.interval, probe.driver) == (
+    # The core keys are the spec's own fields; the Modbus keys are in its options.
+    assert (probe.id, probe.bus, probe.interval, probe.driver) == (
         "probe-1",
         "rs485-1",
-        7,
         0.5,
         "modbus",
     )
-    assert (probe.timeout, probe.retries, probe.request_delay, probe.single_point_reads) == (
-        1.5,
-        0,
-        0.1,
-        True,
-    )
-    assert (probe.max_gap, probe.max_registers, probe.max_bits) == (0, 16, 8)
+    assert (probe.timeout, probe.retries, probe.request_delay) == (1.5, 0, 0.1)
     assert (probe.offline_after, probe.offline_backoff_max) == (10, 900.0)
+    assert isinstance(probe.options, ModbusDevice)
+    assert (probe.options.unit, probe.options.single_point_reads) == (7, True)
+    assert (probe.options.max_gap, probe.options.max_registers, probe.options.max_bits) == (
+        0,
+        16,
+        8,
+    )
     assert probe.points == (
         PointSpec(
             "level", Table.INPUT, 100, DataType.INT32, WordOrder.LITTLE, True, 0.01, -1.5, "m"
@@ -146,12 +148,13 @@ def test_specs_carry_every_field(tmp_path: Path) -> None:
         PointSpec("alarm", Table.DISCRETE, 3, DataType.BOOL),
     )
     # Unset quirks keep the DeviceSpec defaults; the timeout falls back to the bus's.
-    assert (meter.timeout, meter.retries, meter.max_registers, meter.interval) == (
+    assert (meter.timeout, meter.retries, meter.options.max_registers, meter.interval) == (
         None,
         1,
         125,
         10.0,
     )
+    assert (meter.options.unit, meter.options.single_point_reads) == (0, False)
     assert meter.points == (PointSpec("count", Table.HOLDING, 0, DataType.UINT16),)
     assert isinstance(probe.points[0].table, Table) and isinstance(probe.points[0].type, DataType)
 
@@ -160,6 +163,15 @@ def test_config_model_round_trips_through_model_validate(tmp_path: Path) -> None
     loaded = load_config(write(tmp_path, FULL))
     again = Config.model_validate(loaded.config.model_dump())
     assert again == loaded.config
+
+
+def test_device_model_keeps_the_driver_keys_as_written(tmp_path: Path) -> None:
+    # The core model checks only the core keys; the driver's are kept as written, for the
+    # driver's model (their checked form is DeviceSpec.options).
+    config = load_config(write(tmp_path, FULL)).config
+    meter = config.devices[1]
+    assert meter.driver is None  # the default: the driver for the bus type
+    assert meter.model_extra == {"unit": 0, "points": [{"name": "count", "address": 0}]}
 
 
 # --- relative paths -------------------------------------------------------------------

@@ -9,6 +9,8 @@ import pytest
 
 from swm_edge.config import ConfigError, ConfigIssue, load_config, load_profile
 from swm_edge.config.profiles import find_profile
+from swm_edge.driver import load_driver
+from swm_edge.modbus.config import ModbusPoint
 from swm_edge.model import DataType, Table, WordOrder
 
 PROFILE = """\
@@ -64,11 +66,12 @@ def test_profile_points_and_defaults(tmp_path: Path) -> None:
         "m3/h",
     )
     assert device.points[2].table is Table.COIL
-    assert (device.max_registers, device.timeout, device.retries) == (4, 2.0, 3)
+    assert (device.options.max_registers, device.timeout, device.retries) == (4, 2.0, 3)
     # Keys the profile does not set keep the device defaults.
-    assert (device.max_gap, device.interval) == (10, 10.0)
+    assert (device.options.max_gap, device.interval) == (10, 10.0)
     # The model as written keeps the device's own (unset) values.
-    assert loaded.config.devices[0].max_registers == 125
+    assert loaded.config.devices[0].timeout is None
+    assert loaded.config.devices[0].model_extra == {"unit": 1}
 
 
 def test_device_keys_win_over_profile_defaults(tmp_path: Path) -> None:
@@ -76,7 +79,7 @@ def test_device_keys_win_over_profile_defaults(tmp_path: Path) -> None:
     text = device_lines("max_registers: 8\nretries: 1\n")
     (device,) = load_config(write(tmp_path / "site.yaml", text), profile_dirs=[lib]).devices
     # retries: 1 equals the default but is set explicitly, so it wins over the profile's 3.
-    assert (device.max_registers, device.retries, device.timeout) == (8, 1, 2.0)
+    assert (device.options.max_registers, device.retries, device.timeout) == (8, 1, 2.0)
 
 
 def test_device_points_replace_and_add(tmp_path: Path) -> None:
@@ -115,7 +118,7 @@ def test_driver_profile_dirs_come_last(tmp_path: Path) -> None:
     site = write(tmp_path / "site.yaml", text)
     (device,) = load_config(site).devices
     assert "pressure" in [p.name for p in device.points]
-    assert device.max_registers == 4
+    assert device.options.max_registers == 4
     override = PROFILE.replace("name: flow,", "name: local_pressure,")
     write(tmp_path / "lib" / "keller-series30.yaml", override)
     (device,) = load_config(site, profile_dirs=[tmp_path / "lib"]).devices
@@ -129,14 +132,16 @@ def test_find_profile(tmp_path: Path) -> None:
 
 
 def test_load_profile_directly(tmp_path: Path) -> None:
-    profile = load_profile(profile_dir(tmp_path) / "acme-fm1.yaml")
-    assert (profile.manufacturer, profile.kind) == ("ACME", "flow meter")
+    profile = load_profile(profile_dir(tmp_path) / "acme-fm1.yaml", load_driver("modbus"))
+    assert (profile.name, profile.manufacturer, profile.kind) == ("acme-fm1", "ACME", "flow meter")
+    # Points in the driver's shape, notes included; the device: keys split by owner.
+    assert all(isinstance(p, ModbusPoint) for p in profile.points)
     assert profile.points[0].note == "ch. 5.1"
-    assert profile.device is not None and profile.device.model_fields_set == {
-        "max_registers",
-        "timeout",
-        "retries",
-    }
+    assert profile.points[1].type is DataType.FLOAT64
+    assert profile.quirks == {"timeout": 2.0, "retries": 3}
+    assert profile.defaults == {"max_registers": 4}
+    assert profile.device == {"max_registers": 4, "timeout": 2.0, "retries": 3}
+    assert profile.raw_points[2] == {"name": "alarm", "table": "coil", "address": 7, "type": "bool"}
 
 
 def issues_of(site: Path, lib: Path) -> list[ConfigIssue]:
@@ -179,6 +184,38 @@ def issues_of(site: Path, lib: Path) -> list[ConfigIssue]:
             10,
             "device.interval",
             "unknown key 'interval'",
+        ),
+        (
+            "device: {max_registers: 4,",
+            "device: {max_registers: 4, offline_after: 0,",
+            5,
+            43,
+            "device.offline_after",
+            "greater than or equal to 1",
+        ),
+        (
+            "device: {max_registers: 4,",
+            "device: {max_registers: 4, unit: 300,",
+            5,
+            34,
+            "device.unit",
+            "less than or equal to 255",
+        ),
+        (
+            "device: {max_registers: 4,",
+            "device: {max_registers: 4, points: [],",
+            5,
+            28,
+            "device.points",
+            "go under its top-level points:",
+        ),
+        (
+            "  - {name: flow, address: 0,",
+            "  - {name: flow, colour: red, address: 0,",
+            7,
+            18,
+            "points.0.colour",
+            "unknown key 'colour'; allowed: address, byte_swap, name, note, offset",
         ),
         ("manufacturer: ACME\n", "", 1, 1, "manufacturer", "missing required key"),
         ("  - {name: total,", "  - {name: flow,", 8, 12, "points.1.name", "duplicate point name"),
@@ -231,9 +268,60 @@ def test_profile_point_too_wide_for_its_own_max_registers(tmp_path: Path) -> Non
     lib = profile_dir(tmp_path, text=PROFILE.replace("max_registers: 4", "max_registers: 2"))
     site = write(tmp_path / "site.yaml", CONFIG)
     (issue,) = issues_of(site, lib)
-    # The float64 comes from the profile; the device's profile key is where to look.
-    assert (issue.file, issue.path) == (str(site), "devices.0.profile")
-    assert "'total' is a float64 of 4 registers" in issue.message
+    # The float64 and the limit come from the profile; the device's profile key is where
+    # to look. The profile alone is fine: a device may raise its max_registers.
+    assert (issue.file, issue.line, issue.col, issue.path) == (
+        str(site),
+        8,
+        14,
+        "devices.0.profile",
+    )
+    assert issue.message == (
+        "point 'total' is a float64 of 4 registers, but the device reads at most 2 per "
+        "request (max_registers); points.1.type comes from profile 'acme-fm1'"
+    )
+    fixed = write(tmp_path / "site.yaml", device_lines("max_registers: 4\n"))
+    assert load_config(fixed, profile_dirs=[lib]).devices[0].options.max_registers == 4
+
+
+def test_profile_point_too_wide_for_the_devices_max_registers(tmp_path: Path) -> None:
+    # The limit is the device's own: that is where the error is reported.
+    lib = profile_dir(tmp_path)
+    site = write(tmp_path / "site.yaml", device_lines("max_registers: 2\n"))
+    (issue,) = issues_of(site, lib)
+    assert (issue.file, issue.line, issue.col, issue.path) == (
+        str(site),
+        9,
+        20,
+        "devices.0.max_registers",
+    )
+    assert issue.message == (
+        "point 'total' is a float64 of 4 registers, but the device reads at most 2 per "
+        "request (max_registers)"
+    )
+
+
+def test_device_point_replacing_a_profile_point_is_reported_at_the_device(
+    tmp_path: Path,
+) -> None:
+    lib = profile_dir(tmp_path)
+    text = device_lines(
+        """\
+        points:
+          - {name: extra, table: input, address: 40, type: int16}
+          - {name: flow, address: 0, type: float32, unit: m3/hr}
+        """
+    )
+    site = write(tmp_path / "site.yaml", text)
+    (issue,) = issues_of(site, lib)
+    # The device's second point is the merged first one; the error is at the device's.
+    assert (issue.file, issue.line, issue.col, issue.path) == (
+        str(site),
+        11,
+        55,
+        "devices.0.points.1.unit",
+    )
+    assert issue.message == "unknown unit 'm3/hr'; did you mean 'm3/h'?"
 
 
 def test_unknown_profile_lists_the_searched_folders(tmp_path: Path) -> None:
@@ -263,13 +351,13 @@ def test_broken_driver_plugin_is_reported_once_at_the_devices(
     monkeypatch.setattr("swm_edge.config.loader.load_driver", broken)
     text = CONFIG + "  - {id: fm-2, bus: lan, unit: 2, driver: modbus, profile: acme-fm1}\n"
     site = write(tmp_path / "site.yaml", text)
-    with pytest.raises(ConfigError) as info:
-        load_config(site)
-    # Only the driver's own profiles needed loading; it is reported at the first device's
-    # id (the driver is the default there), not as an unknown profile.
-    (issue,) = info.value.issues
-    assert (issue.line, issue.col, issue.path) == (5, 9, "devices.0.id")
-    assert "driver 'modbus' cannot be loaded: No module named" in issue.message
-    # A profile found before the driver's folders needs no driver loading at all.
     lib = profile_dir(tmp_path)
-    assert len(load_config(site, profile_dirs=[lib]).devices) == 2
+    # The driver checks a device's keys and its profile, so it is needed even when the
+    # profile is found elsewhere. It is reported once, at the first device's id (the driver
+    # is the default there), not as an unknown profile, and not again at fm-2's driver key.
+    for dirs in ([], [lib]):
+        with pytest.raises(ConfigError) as info:
+            load_config(site, profile_dirs=dirs)
+        (issue,) = info.value.issues
+        assert (issue.line, issue.col, issue.path) == (5, 9, "devices.0.id")
+        assert "driver 'modbus' cannot be loaded: No module named" in issue.message

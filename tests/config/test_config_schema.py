@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from swm_edge.config import load_config
-from swm_edge.config.schema import json_schema, profile_json_schema, render_schema, write_schema
+from swm_edge.config.models import CORE_DEVICE_KEYS
+from swm_edge.config.schema import (
+    builtin_drivers,
+    json_schema,
+    profile_json_schema,
+    render_schema,
+    write_schema,
+)
+from swm_edge.driver import ENTRY_POINT_GROUP, available_drivers
+from swm_edge.modbus.config import ModbusDevice
 from swm_edge.model import Table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,10 +83,61 @@ def test_schema_contents_that_editors_rely_on() -> None:
     assert "password" not in defs["MqttConfig"]["properties"]
     assert defs["RtuBusConfig"]["properties"]["baudrate"]["enum"][:2] == [1200, 2400]
     assert defs["Table"]["enum"] == [t.value for t in Table]
-    assert "m3/h" in defs["PointConfig"]["properties"]["unit"]["anyOf"][0]["enum"]
+    assert "m3/h" in defs["ModbusPoint"]["properties"]["unit"]["anyOf"][0]["enum"]
     buses = schema["properties"]["buses"]["items"]
     assert buses["discriminator"]["propertyName"] == "type"
-    assert sorted(buses["discriminator"]["mapping"]) == ["modbus-rtu", "modbus-tcp"]
+    assert sorted(buses["discriminator"]["mapping"]) == [
+        "mbus",
+        "modbus-rtu",
+        "modbus-tcp",
+        "sdi12",
+        "serial",
+    ]
+    assert defs["MbusBusConfig"]["properties"]["baudrate"]["default"] == 2400
+    assert defs["Sdi12BusConfig"]["properties"]["bytesize"]["default"] == 7
+
+
+def test_device_items_are_the_core_keys_plus_one_drivers_keys() -> None:
+    schema = json_schema()
+    defs = schema["$defs"]
+    variants = schema["properties"]["devices"]["items"]["anyOf"]
+    refs = [v["$ref"].removeprefix("#/$defs/") for v in variants]
+    # One object per built-in driver, each closed: core keys and that driver's keys only.
+    assert len(refs) == len(builtin_drivers()) and "ModbusDriverDevice" in refs
+    modbus = defs["ModbusDriverDevice"]
+    assert modbus["additionalProperties"] is False
+    assert set(modbus["properties"]) == CORE_DEVICE_KEYS | set(ModbusDevice.model_fields)
+    assert modbus["required"] == ["bus", "id", "unit"]
+    assert modbus["properties"]["driver"]["enum"] == ["modbus", None]
+    assert modbus["properties"]["points"]["items"] == {"$ref": "#/$defs/ModbusPoint"}
+    assert "modbus-rtu, modbus-tcp" in modbus["description"]
+    assert "DeviceConfig" not in defs
+
+
+def test_schema_has_only_the_builtin_drivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A third-party driver installed where the schema is generated must not change the
+    # committed file.
+    real = available_drivers()
+    plugin = EntryPoint("acme", "acme_swm.driver:AcmeDriver", ENTRY_POINT_GROUP)
+    monkeypatch.setattr(
+        "swm_edge.config.schema.available_drivers", lambda: {**real, "acme": plugin}
+    )
+    assert sorted(builtin_drivers()) == sorted(
+        name for name, ep in real.items() if ep.module.startswith("swm_edge_drivers")
+    )
+    assert render_schema() == SCHEMA_FILE.read_text(encoding="utf-8")
+
+
+def test_profile_schema_points_are_the_drivers_points() -> None:
+    schema = profile_json_schema()
+    assert set(schema["required"]) == {"manufacturer", "model", "kind", "source", "points"}
+    points = schema["properties"]["points"]
+    assert points["minItems"] == 1
+    assert {"$ref": "#/$defs/ModbusPoint"} in points["items"]["anyOf"]
+    defaults = schema["properties"]["device"]["anyOf"]
+    modbus = next(d for d in defaults if d.get("title") == "modbus device defaults")
+    assert "max_registers" in modbus["properties"] and "retries" in modbus["properties"]
+    assert "points" not in modbus["properties"] and "interval" not in modbus["properties"]
 
 
 def test_example_config_validates_with_the_shipped_profiles() -> None:
@@ -95,7 +156,7 @@ def test_example_config_validates_with_the_shipped_profiles() -> None:
     assert (by_name["flow_rate"].scale, by_name["flow_rate"].unit) == (3600.0, "m3/h")
     assert "totalizer_1" in by_name
     # The KELLER profile's max_registers: 4 reaches the device.
-    assert devices["dma-inlet-pressure"].max_registers == 4
+    assert devices["dma-inlet-pressure"].options.max_registers == 4
     assert devices["dma-inlet-quality"].timeout == 1.5
     assert loaded.config.mqtt.port == 8883  # tls given, port left to its default
     assert loaded.config.mqtt.client_id == "swm-edge-gw-lima-0001"
