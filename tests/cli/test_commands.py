@@ -182,3 +182,30 @@ def test_run_without_its_secret_says_so(tmp_path: Path) -> None:
     )
     missing = swm_edge("run", "--config", str(config))
     assert missing.returncode == 1 and "pw" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_profiles_lists_and_shows_the_shipped_profiles() -> None:
+    listing = swm_edge("profiles", "--json")
+    assert listing.returncode == 0, listing.stderr
+    rows = {(r["driver"], r["name"]): r for r in json.loads(listing.stdout)}
+    for name in (
+        "siemens-mag6000",
+        "keller-series30",
+        "yosemitech-y4000",
+        "dynaflox-ultrad",
+        "vega-vegapuls-c21",
+        "insitu-aquatroll400",
+        "abb-aquamaster3",
+    ):
+        assert ("modbus", name) in rows, name
+        assert rows[("modbus", name)]["source"], name  # every profile cites its manual
+    assert ("sdi12", "insitu-aquatroll400") in rows
+    shown = swm_edge("profiles", "keller-series30", "--json")
+    (keller,) = json.loads(shown.stdout)
+    assert keller["manufacturer"] == "KELLER AG"
+    pressure = next(p for p in keller["points"] if p["name"] == "pressure")
+    assert (pressure["address"], pressure["type"], pressure["unit"]) == (2, "float32", "bar")
+    table = swm_edge("profiles", "keller-series30")
+    assert table.returncode == 0 and "KELLER" in table.stdout and "pressure" in table.stdout
+    unknown = swm_edge("profiles", "no-such-meter")
+    assert unknown.returncode == 2 and "keller-series30" in unknown.stderr
