@@ -177,6 +177,9 @@ class Driver(ABC):
     bus_types: ClassVar[frozenset[str]] = frozenset()
     #: Folders of device profiles (``NAME.yaml``) this driver ships; ``profile: NAME`` finds them.
     profile_dirs: ClassVar[tuple[Path, ...]] = ()
+    #: True when the driver can read a device configured without points, naming the points
+    #: from what the device sends (M-Bus: every record of the telegram).
+    discovers_points: ClassVar[bool] = False
     #: Validates the driver's own keys of a device entry (all but the core keys); must have
     #: a ``points`` list whose items have ``name`` and ``unit``. See docs/decisions/0003.
     device_model: ClassVar[type[BaseModel]]

@@ -33,6 +33,8 @@ Sink = Callable[[Reading], Awaitable[None]]
 # Longest single sleep: the wall clock is re-read at least this often, so a clock step
 # (NTP sync on a gateway that booted in 1970) re-aligns the grid instead of stalling it.
 MAX_SLEEP = 1.0
+# The one point of a reading from a device whose points are not known yet, that failed.
+DEVICE_POINT = "_device"
 # Seconds between repeated warnings about skipped slots of one device.
 OVERRUN_LOG_EVERY = 600.0
 
@@ -79,6 +81,8 @@ class DevicePoller:
         self.stats = DeviceStats()
         self._retry_at = 0.0  # monotonic time before which a backed-off device is skipped
         self._overrun_logged_at: float | None = None
+        # Names and units of the points a driver that discovers them last reported.
+        self._discovered: dict[str, str | None] = {}
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Poll until ``stopping`` is set; a poll in flight is finished and delivered."""
@@ -161,12 +165,19 @@ class DevicePoller:
         return self._all_bad(last.reason)
 
     def _all_bad(self, reason: str) -> dict[str, PointValue]:
-        return {p.name: PointValue.bad(reason, p.unit) for p in self.device.points}
+        points = {p.name: p.unit for p in self.device.points} or self._discovered
+        if not points:
+            # A device whose points come from its answers has not answered yet: the
+            # reserved name says the whole device failed (docs/wire-contract.md).
+            points = {DEVICE_POINT: None}
+        return {name: PointValue.bad(reason, unit) for name, unit in points.items()}
 
     def _record(self, ts: float, points: dict[str, PointValue]) -> Reading:
         stats = self.stats
         stats.polls += 1
         stats.last_read = ts
+        if not self.device.points and points and DEVICE_POINT not in points:
+            self._discovered = {name: v.unit for name, v in points.items()}
         bad = [v for v in points.values() if v.quality is Quality.BAD]
         if bad:
             stats.errors += 1

@@ -197,7 +197,9 @@ class MbusDevice(BaseModel):
     )
     points: tuple[MbusPoint, ...] = Field(
         default=(),
-        description="Points; they add to the profile's and replace same-named ones.",
+        description="Points; they add to the profile's and replace same-named ones. Without "
+        "any, every record of the telegram becomes a point, named by quantity (volume, "
+        "volume_storage1, volume_flow, fabrication_no, datetime, ...) in base units.",
     )
 
     @field_validator("timezone")

@@ -49,7 +49,14 @@ from swm_edge_drivers.mbus.frames import (
     select_secondary,
     snd_nke,
 )
-from swm_edge_drivers.mbus.records import Quantity, Record, Telegram, convert, decode_user_data
+from swm_edge_drivers.mbus.records import (
+    Function,
+    Quantity,
+    Record,
+    Telegram,
+    convert,
+    decode_user_data,
+)
 
 from swm_edge.driver import (
     BusSpec,
@@ -100,6 +107,7 @@ class MbusDriver(Driver):
 
     bus_types: ClassVar[frozenset[str]] = frozenset({"mbus"})
     device_model: ClassVar[type[BaseModel]] = MbusDevice
+    discovers_points: ClassVar[bool] = True
 
     @classmethod
     def points_of(cls, options: BaseModel) -> tuple[Point, ...]:
@@ -146,11 +154,17 @@ class MbusDriver(Driver):
         self._fcb = False
 
     async def read(self, transport: Any) -> dict[str, PointValue]:
-        """One poll: reset, select, read every telegram, and pick the points' records."""
+        """One poll: reset, select, read every telegram, and pick the points' records
+        (without configured points: every record, see :func:`auto_points`)."""
         if not isinstance(transport, SerialTransport):
             raise TypeError("the M-Bus driver needs a SerialTransport (a bus of type mbus)")
         telegrams, failure = await self._poll(transport)
-        return point_values(self.points, telegrams, self.zone, failure)
+        points = self.points
+        if not points:
+            if not telegrams:
+                raise failure or DecodeError("no telegram")
+            points = auto_points(telegrams)
+        return point_values(points, telegrams, self.zone, failure)
 
     # --- link layer ---------------------------------------------------------------------
 
@@ -278,6 +292,55 @@ class MbusDriver(Driver):
         if telegram.error is not None:
             log.debug("%s: records cut short: %s", self.device.id, telegram.error)
         return telegram
+
+
+_FUNCTION_SUFFIX = {
+    Function.INSTANTANEOUS: "",
+    Function.MAXIMUM: "_max",
+    Function.MINIMUM: "_min",
+    Function.ERROR: "_error",
+}
+
+
+def auto_points(telegrams: Sequence[Telegram]) -> tuple[MbusPoint, ...]:
+    """A point for every record of the telegrams, for a device configured without points.
+
+    Named by quantity, with ``_storageN``, ``_tariffN``, ``_subunitN`` when non-zero, the
+    function (``_max``, ``_min``, ``_error``) and unapplied VIF extensions (``_x3b``), in
+    the quantity's base unit (canonical: m3, m3/h, Cel, ...). Records no quantity fits
+    (manufacturer-specific, plain text) are left out; a name seen twice gets ``_2``, ``_3``.
+    """
+    points: list[MbusPoint] = []
+    seen: dict[str, int] = {}
+    for telegram in telegrams:
+        for record in telegram.records:
+            if record.quantity is None or record.quantity.in_header:
+                continue
+            name = record.quantity.value
+            for label, number in (
+                ("storage", record.storage),
+                ("tariff", record.tariff),
+                ("subunit", record.subunit),
+            ):
+                if number:
+                    name += f"_{label}{number}"
+            name += _FUNCTION_SUFFIX[record.function]
+            name += "".join(f"_x{code:02x}" for code in record.extensions)
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:
+                name += f"_{seen[name]}"
+            points.append(
+                MbusPoint(
+                    name=name,
+                    quantity=record.quantity,
+                    storage=record.storage,
+                    tariff=record.tariff,
+                    subunit=record.subunit,
+                    function=record.function,
+                    vife=record.extensions,
+                )
+            )
+    return tuple(points)
 
 
 def point_values(

@@ -921,7 +921,7 @@ class _Checker:
         except Exception as exc:
             self.error(loc, f"driver {name!r} failed to list the points: {exc!r}", at="key")
             return
-        if not points:
+        if not points and not cls.discovers_points:
             device_id = _text(device, "id") or f"#{i}"
             self.error(
                 (*loc, "points"),

@@ -20,6 +20,7 @@ passed to ``model_validate``; the loader passes the config file's directory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -344,26 +345,15 @@ class BufferConfig(ConfigModel):
     )
 
 
-class RtuBusConfig(ConfigModel):
-    """A serial RS-485/RS-232 line speaking Modbus RTU."""
+class _BusConfig(ConfigModel):
+    """What every bus has: an id, a default answer timeout and a pause between requests."""
 
     id: Id = Field(description="Bus id, referenced by devices.")
-    type: Literal["modbus-rtu"] = Field(description="Bus type.")
-    port: StrictStr = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0.")
-    baudrate: Baudrate = Field(default=9600, description="Line speed, baud.")
-    parity: Literal["N", "E", "O"] = Field(
-        default="N", description="Parity: N(one), E(ven) or O(dd)."
-    )
-    stopbits: StopBits = Field(default=1, description="Stop bits: 1 or 2.")
-    bytesize: ByteSize = Field(default=8, description="Data bits: 7 or 8.")
     timeout: FiniteFloat = Field(
-        default=0.5,
+        default=1.0,
         gt=0,
         le=30,
         description="Seconds to wait for an answer (devices may override).",
-    )
-    backend: Literal["pymodbus", "minimalmodbus"] = Field(
-        default="pymodbus", description="Modbus library driving the line."
     )
     request_delay: FiniteFloat = Field(
         default=0.0,
@@ -372,6 +362,20 @@ class RtuBusConfig(ConfigModel):
         description="Pause before each request on this line, seconds (for slow devices or "
         "RS-485 converters that switch direction late).",
     )
+
+
+class _SerialBusConfig(_BusConfig):
+    """A serial port. Each bus type declares ``type``, ``baudrate``, ``parity`` and
+    ``bytesize`` with its own literal and line defaults."""
+
+    type: str
+    baudrate: int
+    parity: str
+    bytesize: int
+    port: StrictStr = Field(
+        min_length=1, description="Serial device, e.g. /dev/serial/by-id/usb-FTDI_..."
+    )
+    stopbits: StopBits = Field(default=1, description="Stop bits: 1 or 2.")
 
     def to_spec(self) -> BusSpec:
         """The bus as the core's :class:`~swm_edge.model.BusSpec`."""
@@ -384,30 +388,40 @@ class RtuBusConfig(ConfigModel):
             parity=self.parity,
             stopbits=self.stopbits,
             bytesize=self.bytesize,
-            backend=self.backend,
             request_delay=self.request_delay,
         )
 
 
-class TcpBusConfig(ConfigModel):
-    """A Modbus TCP connection to one host (a device or a gateway)."""
+class RtuBusConfig(_SerialBusConfig):
+    """A serial RS-485/RS-232 line speaking Modbus RTU."""
 
-    id: Id = Field(description="Bus id, referenced by devices.")
-    type: Literal["modbus-tcp"] = Field(description="Bus type.")
-    host: StrictStr = Field(pattern=HOST_PATTERN, description="Host name or IP address.")
-    port: StrictInt = Field(default=502, ge=1, le=65535, description="TCP port.")
+    type: Literal["modbus-rtu"] = Field(description="Bus type.")
+    baudrate: Baudrate = Field(default=9600, description="Line speed, baud.")
+    parity: Literal["N", "E", "O"] = Field(
+        default="N", description="Parity: N(one), E(ven) or O(dd)."
+    )
+    bytesize: ByteSize = Field(default=8, description="Data bits: 7 or 8.")
     timeout: FiniteFloat = Field(
-        default=1.0,
+        default=0.5,
         gt=0,
         le=30,
         description="Seconds to wait for an answer (devices may override).",
     )
-    request_delay: FiniteFloat = Field(
-        default=0.0,
-        ge=0,
-        le=10,
-        description="Pause before each request on this connection, seconds.",
+    backend: Literal["pymodbus", "minimalmodbus"] = Field(
+        default="pymodbus", description="Modbus library driving the line."
     )
+
+    def to_spec(self) -> BusSpec:
+        """The bus as the core's :class:`~swm_edge.model.BusSpec`."""
+        return dataclasses.replace(super().to_spec(), backend=self.backend)
+
+
+class TcpBusConfig(_BusConfig):
+    """A Modbus TCP connection to one host (a device or a gateway)."""
+
+    type: Literal["modbus-tcp"] = Field(description="Bus type.")
+    host: StrictStr = Field(pattern=HOST_PATTERN, description="Host name or IP address.")
+    port: StrictInt = Field(default=502, ge=1, le=65535, description="TCP port.")
 
     def to_spec(self) -> BusSpec:
         """The bus as the core's :class:`~swm_edge.model.BusSpec`."""
@@ -421,48 +435,7 @@ class TcpBusConfig(ConfigModel):
         )
 
 
-class _RawSerialBusConfig(ConfigModel):
-    """A serial port whose protocol the device's driver speaks itself (a SerialTransport)."""
-
-    id: Id = Field(description="Bus id, referenced by devices.")
-    # Each bus type declares these with its own literal and line defaults.
-    type: str
-    baudrate: int
-    parity: str
-    bytesize: int
-    port: StrictStr = Field(
-        min_length=1, description="Serial device of the adapter, e.g. /dev/serial/by-id/..."
-    )
-    stopbits: StopBits = Field(default=1, description="Stop bits: 1 or 2.")
-    timeout: FiniteFloat = Field(
-        default=1.0,
-        gt=0,
-        le=30,
-        description="Seconds to wait for an answer (devices may override).",
-    )
-    request_delay: FiniteFloat = Field(
-        default=0.0,
-        ge=0,
-        le=10,
-        description="Pause before each request on this line, seconds.",
-    )
-
-    def to_spec(self) -> BusSpec:
-        """The bus as the core's :class:`~swm_edge.model.BusSpec`."""
-        return BusSpec(
-            id=self.id,
-            type=self.type,
-            timeout=self.timeout,
-            port=self.port,
-            baudrate=self.baudrate,
-            parity=self.parity,
-            stopbits=self.stopbits,
-            bytesize=self.bytesize,
-            request_delay=self.request_delay,
-        )
-
-
-class MbusBusConfig(_RawSerialBusConfig):
+class MbusBusConfig(_SerialBusConfig):
     """A wired M-Bus (EN 13757-2) line behind a level converter, read by an M-Bus driver."""
 
     type: Literal["mbus"] = Field(description="Bus type.")
@@ -475,7 +448,7 @@ class MbusBusConfig(_RawSerialBusConfig):
     bytesize: ByteSize = Field(default=8, description="Data bits: 7 or 8.")
 
 
-class Sdi12BusConfig(_RawSerialBusConfig):
+class Sdi12BusConfig(_SerialBusConfig):
     """An SDI-12 data line behind a serial adapter, read by an SDI-12 driver."""
 
     type: Literal["sdi12"] = Field(description="Bus type.")
@@ -488,7 +461,7 @@ class Sdi12BusConfig(_RawSerialBusConfig):
     bytesize: ByteSize = Field(default=7, description="Data bits: 7 or 8; SDI-12 uses 7.")
 
 
-class SerialBusConfig(_RawSerialBusConfig):
+class SerialBusConfig(_SerialBusConfig):
     """A plain serial line (RS-232/RS-485) for devices with their own ASCII or binary
     protocol; no driver is chosen by default, devices name theirs with ``driver:``."""
 

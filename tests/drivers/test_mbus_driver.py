@@ -364,3 +364,57 @@ def test_the_driver_is_registered() -> None:
 
     assert load_driver("mbus") is MbusDriver
     assert "mbus" in MbusDriver.bus_types
+
+
+def test_without_points_every_record_becomes_a_reading(sim: MbusSimulator) -> None:
+    """The issue's example: no points list, so every record is published, named by
+    quantity with storage/tariff/subunit when non-zero, in base (canonical) units."""
+    auto, configured = run(
+        sim,
+        MbusDriver(device({"address": 1})),
+        MbusDriver(device({"address": 1, "points": WATER_POINTS})),
+    )
+    values = good(auto)
+    assert isinstance(auto, dict) and isinstance(configured, dict)
+    # the same records as the configured points, under their automatic names and units
+    assert values["volume"] == configured["volume"].value == 54.321
+    assert auto["volume"].unit == "m3"
+    assert values["volume_flow"] == 0.5 and auto["volume_flow"].unit == "m3/h"
+    assert values["volume_storage1"] == configured["due_volume"].value
+    assert values["date_storage1"] == configured["due_date"].value
+    assert values["volume_tariff1"] == configured["tariff1"].value
+    assert values["volume_subunit1"] == configured["register2"].value
+    assert values["datetime"] == configured["clock"].value
+    assert values["error_flags"] == 0
+    assert "fabrication_no" in values or "firmware_version" in values
+    assert len(set(values)) == len(values)
+
+
+def test_without_points_a_silent_meter_still_explains_the_gap() -> None:
+    """A meter configured without points that never answered: the core publishes one
+    bad `_device` value with the reason; once it answered, its points are known."""
+    from swm_edge.scheduler import DEVICE_POINT, DevicePoller
+
+    async def main() -> tuple[Any, Any, Any]:
+        with MbusSimulator([water_meter("11490378", primary=1)]) as simulator:
+            async with Session(simulator) as line:
+                spec = device({"address": 1}, timeout=0.1)
+                poller = DevicePoller(spec, MbusDriver(spec), line.bus, sink=_ignore)
+                simulator.meters[0].fault = MbusFault("silent")
+                before = await poller.poll_once()
+                simulator.meters[0].fault = None
+                answered = await poller.poll_once()
+                simulator.meters[0].fault = MbusFault("silent")
+                after = await poller.poll_once()
+                return before, answered, after
+
+    before, answered, after = asyncio.run(main())
+    assert dict(before.points) == {DEVICE_POINT: PointValue.bad("timeout")}
+    assert answered.points["volume"].quality == "good"
+    assert set(after.points) == set(answered.points)
+    assert all(v.error == "timeout" for v in after.points.values())
+    assert after.points["volume"].unit == "m3"
+
+
+async def _ignore(_reading: Any) -> None:
+    return None
