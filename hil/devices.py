@@ -297,6 +297,10 @@ class SimulatedDevice:
         gaps_readable: whether unused registers between points can be read (as 0) in a
             block read; ``False`` makes them answer exception 2, like devices that refuse
             reads over gaps.
+        vendor: what the device reports as its vendor name to Read Device Identification
+            (function 43/14); defaults to the profile's manufacturer. A device with neither
+            (points given directly) does not support the function: it answers exception 1.
+        model: its model name there; defaults to the profile's model.
 
     Raises:
         ValueError: two points share a register or bit, or a bad unit id.
@@ -312,6 +316,8 @@ class SimulatedDevice:
         name: str | None = None,
         frozen: bool = False,
         gaps_readable: bool = True,
+        vendor: str | None = None,
+        model: str | None = None,
     ) -> None:
         if isinstance(points, str):
             points = load_profile(points)
@@ -319,9 +325,15 @@ class SimulatedDevice:
             name = name or points.name
             self.profile: Profile | None = points
             specs = tuple(points.points)
+            vendor = vendor if vendor is not None else points.manufacturer
+            model = model if model is not None else points.model
         else:
             self.profile = None
             specs = tuple(points)
+        #: Vendor and model name served by Read Device Identification (43/14); ``None``
+        #: vendor: the device does not implement the function.
+        self.vendor: str | None = vendor
+        self.model: str | None = model
         if not 1 <= unit <= 255:
             raise ValueError(f"unit id {unit} outside 1..255")
         if not specs:

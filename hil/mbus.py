@@ -45,19 +45,15 @@ import argparse
 import collections
 import contextlib
 import datetime as dt
-import os
 import random
-import select
 import signal
 import sys
 import threading
 import time
-import tty
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
 
 from swm_edge_drivers.mbus.frames import (
     ACK,
@@ -80,6 +76,7 @@ from swm_edge_drivers.mbus.frames import (
     manufacturer_letters,
     parse_frame,
 )
+from swm_edge_hil.pty import PtyDevice
 
 from swm_edge.driver import CrcError
 
@@ -322,7 +319,7 @@ def _matches(selection: bytes, meter: SimMeter) -> bool:
 # --- the bus ------------------------------------------------------------------------------
 
 
-class MbusSimulator:
+class MbusSimulator(PtyDevice):
     """Meters on one M-Bus line behind a pty; see the module docstring.
 
     Args:
@@ -348,78 +345,15 @@ class MbusSimulator:
         primaries = [m.primary for m in self.meters if m.primary is not None]
         if len(primaries) != len(set(primaries)):
             raise ValueError(f"two meters share a primary address: {sorted(primaries)}")
-        self._link = Path(link) if link is not None else None
+        super().__init__(link=link, name="mbus-sim")
         self._char_time = char_bits / baudrate if baudrate else 0.0
         self._live = live
         self._random = random.Random(seed)
-        self._master = self._slave = -1
-        self._path = ""
-        self._wake_r = self._wake_w = -1
-        self._thread: threading.Thread | None = None
-        self._running = False
         self._lock = threading.Lock()
         self._buf = bytearray()
         self._last_tick = time.monotonic()
         #: The last frames received from the master (raw bytes), newest last, for tests.
         self.requests: collections.deque[bytes] = collections.deque(maxlen=256)
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    def start(self) -> MbusSimulator:
-        """Open the pty pair, make the link and start answering."""
-        if self._running:
-            return self
-        self._master, self._slave = os.openpty()
-        # Raw: no echo, no line editing, no CR/LF translation - bytes pass as they are.
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)
-        self._path = os.ttyname(self._slave)
-        self._wake_r, self._wake_w = os.pipe()
-        if self._link is not None:
-            self._link.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                self._link.unlink()
-            self._link.symlink_to(self._path)
-        self._running = True
-        self._thread = threading.Thread(target=self._run, name="mbus-sim", daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        """Stop the thread, close the pty and remove the link."""
-        if not self._running:
-            return
-        self._running = False
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if self._link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._link.unlink()
-
-    def __enter__(self) -> MbusSimulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def port(self) -> str:
-        """The path the agent opens."""
-        if self._link is not None:
-            return str(self._link)
-        if not self._path:
-            raise RuntimeError("the simulator is not started")
-        return self._path
 
     def meter(self, key: int | str) -> SimMeter:
         """The meter with this primary address (int) or identification number (str)."""
@@ -441,29 +375,13 @@ class MbusSimulator:
         with self._lock:
             self.meter(key).fault = MbusFault(fault) if fault is not None else None
 
-    # -- thread --------------------------------------------------------------------------
+    # -- the reader thread (PtyDevice hooks) ---------------------------------------------
 
-    def _run(self) -> None:
-        while self._running:
-            try:
-                ready, _, _ = select.select([self._master, self._wake_r], [], [], 0.5)
-            except (OSError, ValueError):
-                return
-            if self._wake_r in ready:
-                return
-            if self._master not in ready:
-                continue
-            try:
-                chunk = os.read(self._master, 4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                # EIO while nobody has the slave open: wait for the agent to open it.
-                time.sleep(0.05)
-                continue
-            self._buf += chunk
-            with self._lock:
-                self._frames()
+    def on_bytes(self, data: bytes, now: float) -> None:
+        """Answer every complete master frame received so far."""
+        self._buf += data
+        with self._lock:
+            self._frames()
 
     def _frames(self) -> None:
         """Take every complete master frame off the buffer and answer it."""
@@ -604,16 +522,8 @@ class MbusSimulator:
             chunk = data[i : i + step]
             if self._char_time:
                 time.sleep(len(chunk) * self._char_time)
-            view = memoryview(chunk)
-            while view:
-                try:
-                    written = os.write(self._master, view)
-                except BlockingIOError:
-                    select.select([], [self._master], [], 0.1)
-                    continue
-                except OSError:
-                    return  # nobody has the port open: the answer is lost, as on a line
-                view = view[written:]
+            if not self.write(chunk):
+                return  # the answer is lost, as on a line
 
 
 def _main(argv: Sequence[str] | None = None) -> None:

@@ -26,38 +26,18 @@ import queue
 import select
 import threading
 import time
-import tty
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from swm_edge_hil.faults import Fault, FaultKind, FaultTable, garbage_bytes
+from swm_edge_hil.pty import Pty, close_fds, make_link, remove_link
 from swm_edge_hil.rtu import UNKNOWN_LENGTH, exception_frame, request_length, response_length
 
 __all__ = ["NullModem"]
 
 _AGENT = "agent"
 _DEVICE = "device"
-
-
-@dataclass
-class _Pty:
-    master: int
-    slave: int
-    path: str
-
-    @classmethod
-    def open(cls) -> _Pty:
-        master, slave = os.openpty()
-        # Raw: no echo, no line editing, no CR/LF translation - bytes pass as they are.
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        return cls(master, slave, os.ttyname(slave))
-
-    def close(self) -> None:
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 @dataclass
@@ -102,8 +82,8 @@ class NullModem:
         self._device_link = Path(device_link) if device_link is not None else None
         self._char_time = char_bits / baudrate if baudrate else 0.0
         self._frame_gap = frame_gap
-        self._agent: _Pty | None = None
-        self._device: _Pty | None = None
+        self._agent: Pty | None = None
+        self._device: Pty | None = None
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
         self._commands: queue.Queue[tuple[str, threading.Event]] = queue.Queue()
@@ -129,12 +109,12 @@ class NullModem:
         """Open both pty pairs, make the links and start the relay thread."""
         if self._running:
             return self
-        self._agent = _Pty.open()
-        self._device = _Pty.open()
+        self._agent = Pty.open()
+        self._device = Pty.open()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        self._link(self._agent_link, self._agent.path)
-        self._link(self._device_link, self._device.path)
+        make_link(self._agent_link, self._agent.path)
+        make_link(self._device_link, self._device.path)
         self._running = True
         self._thread = threading.Thread(target=self._run, name="nullmodem-relay", daemon=True)
         self._thread.start()
@@ -152,13 +132,9 @@ class NullModem:
             if pty is not None:
                 pty.close()
         self._agent = self._device = None
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        close_fds(self._wake_r, self._wake_w)
         for link in (self._agent_link, self._device_link):
-            if link is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    link.unlink()
+            remove_link(link)
 
     def __enter__(self) -> NullModem:
         return self.start()
@@ -231,30 +207,14 @@ class NullModem:
         if name == "stop":
             self._running = False
         elif name == "unplug" and self._agent is not None:
-            if self._agent_link is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    self._agent_link.unlink()
+            remove_link(self._agent_link)
             self._agent.close()
             self._agent = None
             self._req_buf.clear()
             self._pending = None
         elif name == "replug" and self._agent is None:
-            self._agent = _Pty.open()
-            self._link(self._agent_link, self._agent.path)
-
-    @staticmethod
-    def _link(link: Path | None, target: str) -> None:
-        if link is None:
-            return
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.exists() and not link.is_symlink():
-            raise FileExistsError(f"{link} exists and is not a symlink")
-        # Make the new link beside the old one and rename it over: the path never dangles.
-        tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        tmp.symlink_to(target)
-        os.replace(tmp, link)
+            self._agent = Pty.open()
+            make_link(self._agent_link, self._agent.path)
 
     # -- relay thread ----------------------------------------------------------------------
 

@@ -39,22 +39,17 @@ Faults per address (:meth:`Sdi12Line.set_fault`, strings as in ``"slow:2"``):
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import math
-import os
 import random
-import select
 import threading
 import time
-import tty
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
 
 from swm_edge_drivers.sdi12.protocol import (
     ADDRESSES,
@@ -63,6 +58,7 @@ from swm_edge_drivers.sdi12.protocol import (
     crc_chars,
     format_value,
 )
+from swm_edge_hil.pty import PtyDevice
 
 __all__ = [
     "SONDE_PARAMETERS",
@@ -337,7 +333,7 @@ def _has_crc(text: str) -> bool:
     return len(text) > 3 and crc_chars(text[:-3].encode("ascii")).decode("ascii") == text[-3:]
 
 
-class Sdi12Line:
+class Sdi12Line(PtyDevice):
     """Simulated SDI-12 sensors behind one pty pair.
 
     Args:
@@ -362,74 +358,13 @@ class Sdi12Line:
                 raise ValueError(f"two sensors at address {sensor.address!r}")
             self.sensors[sensor.address] = sensor
         self.echo = echo
-        self._link = Path(link) if link is not None else None
-        self._master = self._slave = -1
-        self._path = ""
-        self._wake_r = self._wake_w = -1
-        self._thread: threading.Thread | None = None
-        self._running = False
+        super().__init__(link=link, name="sdi12-line")
         self._buf = bytearray()
         self._due: list[tuple[float, int, Callable[[], str | None]]] = []
         self._seq = itertools.count()
         self._due_lock = threading.Lock()
         #: The last chunks on the line: ``("to_sensor" | "to_agent", bytes)``.
         self.trace: deque[tuple[str, bytes]] = deque(maxlen=256)
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    def start(self) -> Sdi12Line:
-        """Open the pty pair and start answering."""
-        if self._running:
-            return self
-        self._master, self._slave = os.openpty()
-        # Raw: no echo, no CR/LF translation; the agent's pyserial sets its own modes too.
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)
-        self._path = os.ttyname(self._slave)
-        if self._link is not None:
-            self._link.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                self._link.unlink()
-            self._link.symlink_to(self._path)
-        self._wake_r, self._wake_w = os.pipe()
-        self._running = True
-        self._thread = threading.Thread(target=self._run, name="sdi12-line", daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        """Stop answering and close the ptys."""
-        if not self._running:
-            return
-        self._running = False
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if self._link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._link.unlink()
-
-    def __enter__(self) -> Sdi12Line:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def port(self) -> str:
-        """The serial port path the agent opens."""
-        if not self._running:
-            raise RuntimeError("the SDI-12 line is not started")
-        return str(self._link) if self._link is not None else self._path
 
     def set_fault(self, address: str, fault: Sdi12Fault | str | None) -> None:
         """Switch the sensor at ``address`` into ``fault`` (e.g. ``"slow:1.5"``); ``None``
@@ -446,28 +381,20 @@ class Sdi12Line:
             sensor.slow_delay = float(arg)
         sensor.fault = kind
 
-    # -- relay thread ----------------------------------------------------------------------
+    # -- the reader thread (PtyDevice hooks) ---------------------------------------------
 
-    def _run(self) -> None:
-        while self._running:
-            with self._due_lock:
-                timeout = max(0.0, self._due[0][0] - time.monotonic()) if self._due else None
-            readable, _, _ = select.select([self._master, self._wake_r], [], [], timeout)
-            if self._wake_r in readable:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 64)
-            if self._master in readable:
-                try:
-                    data = os.read(self._master, 1024)
-                except (BlockingIOError, OSError):
-                    data = b""
-                if data:
-                    self.trace.append(("to_sensor", data))
-                    self._received(data)
-            self._send_due()
+    def on_bytes(self, data: bytes, now: float) -> None:
+        """Answer every complete command received so far."""
+        self.trace.append(("to_sensor", data))
+        self._received(data, now)
 
-    def _received(self, data: bytes) -> None:
-        now = time.monotonic()
+    def on_idle(self, now: float) -> float | None:
+        """Send the service requests that are due; wait until the next one."""
+        self._send_due()
+        with self._due_lock:
+            return max(0.0, self._due[0][0] - time.monotonic()) if self._due else None
+
+    def _received(self, data: bytes, now: float) -> None:
         self._buf += data
         while (end := self._buf.find(b"!")) >= 0:
             raw = bytes(self._buf[: end + 1])
@@ -515,5 +442,4 @@ class Sdi12Line:
 
     def _write(self, data: bytes) -> None:
         self.trace.append(("to_agent", data))
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._master, data)
+        self.write(data)

@@ -15,18 +15,36 @@ On a virtual RS-485 line the same faults can instead be put on the line itself w
 
 Unit ids without a device: on RTU they stay silent, as on a real bus; on TCP they answer
 exception 0x0B (gateway target device failed to respond), as a TCP/RTU gateway does.
+
+Read Device Identification (function 43/14) answers with each device's own vendor and model
+(:attr:`SimulatedDevice.vendor`, :attr:`SimulatedDevice.model`; a profile's manufacturer
+and model by default); a device without a vendor answers exception 1, as devices that do
+not implement the function do. pymodbus itself knows only one identity per server, so the
+``trace_pdu`` hook fills in the addressed device's objects.
+
+On a virtual line (:class:`~swm_edge_hil.nullmodem.NullModem`) :func:`serve_rtu` can be
+given the agent's end of the line (``agent_port``): it then answers only while the agent's
+port is set to the server's baud rate, as a device on a real line hears only framing errors
+from a master at another speed. The speed is read from the agent's pty, so it is whatever
+the agent really set. Parity cannot be checked that way: the Linux pty driver forces 8 data
+bits without parity whatever the agent asks for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import os
+import termios
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
-from pymodbus.constants import ExcCodes
+from pymodbus.constants import DeviceInformation, ExcCodes
 from pymodbus.framer import FramerType
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
@@ -41,6 +59,15 @@ __all__ = ["SimServer", "serve_rtu", "serve_tcp"]
 
 _FC_TABLE = {1: Table.COIL, 2: Table.DISCRETE, 3: Table.HOLDING, 4: Table.INPUT}
 _GATEWAY_NO_RESPONSE = 0x0B
+_READ_DEVICE_ID = 0x2B
+# Read Device Identification objects (Modbus Application Protocol v1.1b3, 6.21).
+_VENDOR_NAME, _PRODUCT_CODE, _REVISION, _MODEL_NAME = 0x00, 0x01, 0x02, 0x05
+# The last object id each stream read code returns (basic, regular, extended).
+_LAST_OBJECT = {
+    DeviceInformation.BASIC: 0x02,
+    DeviceInformation.REGULAR: 0x06,
+    DeviceInformation.EXTENDED: 0xFF,
+}
 # Order of the four block lists in a non-shared SimDevice.
 _BLOCK_ORDER = (Table.COIL, Table.DISCRETE, Table.HOLDING, Table.INPUT)
 
@@ -63,8 +90,15 @@ class SimServer:
         self.port = 0
         #: RTU: the serial port (``None`` for TCP).
         self.path: str | None = None
+        #: Counters: ``wrong_speed`` answers withheld because the agent's port was set to
+        #: another baud rate (see :func:`serve_rtu`'s ``agent_port``).
+        self.stats: collections.Counter[str] = collections.Counter()
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._stopping = asyncio.Event()
+        # RTU with agent_port: a descriptor of the agent's pty (only its termios are read)
+        # and the speed constant the agent's port must have for an answer to get through.
+        self._agent_fd: int | None = None
+        self._speed: int | None = None
 
     def set_fault(self, unit: int, fault: Fault | str | None) -> None:
         """Switch the device with id ``unit`` into ``fault`` (``None``: healthy again).
@@ -97,6 +131,10 @@ class SimServer:
         # Let replies held back by a `late` fault go out before the transport closes.
         await asyncio.sleep(0)
         await server.shutdown()  # type: ignore[no-untyped-call]
+        fd, self._agent_fd = self._agent_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     async def __aenter__(self) -> SimServer:
         return self
@@ -125,11 +163,57 @@ class SimServer:
         sims.append(SimDevice(id=0, simdata=SimData(0, datatype=SimType.INVALID)))
         return sims
 
+    def _identify(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        """pymodbus' trace_pdu hook: answers Read Device Identification (43/14, stream
+        access) with the addressed device's own objects."""
+        if not sending or not isinstance(pdu, ReadDeviceInformationResponse):
+            return pdu
+        device = self.devices.get(pdu.dev_id)
+        if device is None:
+            return pdu  # _outgoing makes it silence (RTU) or exception 0x0B (TCP)
+        if device.vendor is None:
+            return ExceptionResponse(
+                _READ_DEVICE_ID,
+                ExcCodes.ILLEGAL_FUNCTION,
+                device_id=pdu.dev_id,
+                transaction=pdu.transaction_id,
+            )
+        last = _LAST_OBJECT.get(pdu.read_code)
+        if last is None:
+            return pdu  # individual access (read code 4): pymodbus' own answer
+        objects = {
+            _VENDOR_NAME: device.vendor,
+            _PRODUCT_CODE: device.name,
+            _REVISION: "1.0",
+            _MODEL_NAME: device.model or "",
+        }
+        pdu.information = {
+            oid: text.encode("ascii", "replace")
+            for oid, text in objects.items()
+            if oid <= last and text
+        }
+        return pdu
+
+    def _agent_at_speed(self) -> bool:
+        """Whether the agent's port is set to the server's baud rate (always true without
+        ``agent_port``, or when the agent's pty cannot be asked)."""
+        if self._agent_fd is None:
+            return True
+        try:
+            speed = termios.tcgetattr(self._agent_fd)[5]  # output speed
+        except (OSError, termios.error):
+            return True
+        return bool(speed == self._speed)
+
     def _outgoing(self, sending: bool, packet: bytes) -> bytes:
         """pymodbus' trace_packet hook: the place where faults change what is sent."""
         if not sending or len(packet) < 2:
             return packet
         tcp = self.kind == "tcp"
+        if not tcp and not self._agent_at_speed():
+            # The request reached a device at another speed as garbage: no answer.
+            self.stats["wrong_speed"] += 1
+            return b""
         if tcp and len(packet) < 8:
             return packet
         unit = packet[6] if tcp else packet[0]
@@ -263,7 +347,12 @@ async def serve_tcp(
     but ``bad_crc``.
     """
     sim = SimServer("tcp", _by_unit(devices), faults or FaultTable())
-    server = ModbusTcpServer(sim._simdevices(), address=(host, port), trace_packet=sim._outgoing)
+    server = ModbusTcpServer(
+        sim._simdevices(),
+        address=(host, port),
+        trace_packet=sim._outgoing,
+        trace_pdu=sim._identify,
+    )
     await server.serve_forever(background=True)
     # A listening pymodbus server keeps its asyncio.Server in ``transport``.
     listener: Any = server.transport
@@ -281,14 +370,29 @@ async def serve_rtu(
     stopbits: int = 1,
     bytesize: int = 8,
     faults: FaultTable | None = None,
+    agent_port: str | None = None,
 ) -> SimServer:
     """Serve ``devices`` over Modbus RTU on the serial port ``port`` (e.g. a null-modem
     ``device_port``). Returns once the port is open.
 
+    Args:
+        agent_port: the agent's end of a virtual line (e.g. ``NullModem.agent_port``): if
+            given, the devices answer only while the agent's port is set to ``baudrate``
+            (see the module docstring; parity is not checked). Counted in ``stats``.
+
     Raises:
         RuntimeError: the port cannot be opened.
+        ValueError: ``baudrate`` is not a speed the system knows (with ``agent_port``).
+        OSError: ``agent_port`` cannot be opened.
     """
     sim = SimServer("rtu", _by_unit(devices), faults or FaultTable())
+    if agent_port is not None:
+        speed = getattr(termios, f"B{baudrate}", None)
+        if not isinstance(speed, int):
+            raise ValueError(f"no termios speed for {baudrate} baud")
+        sim._speed = speed
+        # Read-only and never read from: the descriptor is only asked for its termios.
+        sim._agent_fd = os.open(agent_port, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
     server = ModbusSerialServer(
         sim._simdevices(),
         framer=FramerType.RTU,
@@ -298,8 +402,14 @@ async def serve_rtu(
         stopbits=stopbits,
         bytesize=bytesize,
         trace_packet=sim._outgoing,
+        trace_pdu=sim._identify,
     )
-    await server.serve_forever(background=True)
+    try:
+        await server.serve_forever(background=True)
+    except BaseException:
+        if sim._agent_fd is not None:
+            os.close(sim._agent_fd)
+        raise
     sim.path = port
     sim._server = server
     return sim

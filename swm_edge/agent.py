@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from swm_edge.publish.encoders import encode_json_v1
 from swm_edge.publish.mqtt import BrokerSettings, Destination
 from swm_edge.scheduler import DevicePoller, Sink
 from swm_edge.spool import Spool
+from swm_edge.status import StatusServer, agent_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +98,19 @@ class Agent:
         )
         self.stopping = asyncio.Event()
         self.started = asyncio.Event()
+        # Wall clock for display, monotonic for the uptime (a clock step must not change it).
+        self.started_wall = time.time()
+        self.started_monotonic = time.monotonic()
+        self.status = StatusServer(cfg.status_socket_path(), lambda: agent_snapshot(self))
 
     async def run(self) -> None:
         """Run until :meth:`stop` is called; then finish polls in flight and shut down."""
         await self.spool.open()
         tasks: list[asyncio.Task[None]] = []
         try:
+            # First, before any line is opened: a second agent on the same config stops
+            # here (AgentRunningError) instead of fighting the first for its serial ports.
+            await self.status.start()
             for bus in self.buses.values():
                 await bus.start()
             tasks.append(asyncio.create_task(self.spool.run(), name="spool"))
@@ -132,6 +141,9 @@ class Agent:
                     await task
             for bus in self.buses.values():
                 await bus.stop()
+            # Stopped last but one, so `swm-edge status` still answers while polls finish
+            # and the last acks are written.
+            await self.status.stop()
             await self.spool.close()
             log.info("agent stopped")
 

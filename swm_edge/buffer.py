@@ -27,22 +27,43 @@ Threads
     The agent calls every method from one dedicated worker thread; the connection is opened with
     ``check_same_thread=False`` only so that this thread need not be the one that constructed
     the buffer. Methods must never run concurrently; the class has no lock of its own.
+
+Other processes
+    :class:`BufferReader` reads a buffer without writing anything (``swm-edge buffer stats`` and
+    ``export``), next to a running agent or on a copied file; :func:`purge_file` deletes old
+    rows from another process (``swm-edge buffer purge``) in short transactions, so the agent's
+    writer waits for the lock a few milliseconds at most.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from swm_edge.model import PointValue, Quality, Reading
 
-__all__ = ["SCHEMA_VERSION", "Buffer", "BufferFileError", "BufferStats", "Row"]
+__all__ = [
+    "PURGE_BUSY_TIMEOUT",
+    "SCHEMA_VERSION",
+    "Buffer",
+    "BufferFileError",
+    "BufferReader",
+    "BufferStats",
+    "BufferSummary",
+    "DeviceSummary",
+    "Row",
+    "RowCount",
+    "purge_file",
+]
 
 #: Version of the table layout, kept in ``PRAGMA user_version``.
 SCHEMA_VERSION = 1
@@ -57,14 +78,27 @@ MIN_MAX_BYTES = 64 * 1024
 _SLACK_PAGES = 16
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-_RESERVED_META = frozenset({"dropped"})
+_RESERVED_META = frozenset({"dropped", "purged"})
 # Per-row bytes besides device id and points: record header, ts, pending, rowid, cell pointer.
 _ROW_OVERHEAD = 32
 # Bytes of one entry in a destination's partial index (seq twice, header, cell pointer).
 _INDEX_ENTRY = 14
+_SQLITE_BUSY = 5
+_SQLITE_READONLY = 8
 _SQLITE_CORRUPT = 11
 _SQLITE_CANTOPEN = 14
 _SQLITE_NOTADB = 26
+#: Seconds ``purge_file`` waits for the write lock. The agent's own transactions take
+#: milliseconds (one batch of readings), so a lock held this long means something else is wrong.
+PURGE_BUSY_TIMEOUT = 3.0
+# Rows one purge transaction deletes at most: the agent's writer waits for one batch, not for
+# the whole purge, and stays well inside its own 5 s busy timeout.
+_PURGE_BATCH = 2000
+# Rows one BufferReader query returns: each query is its own short read transaction, so a long
+# export never pins an old snapshot that would keep the agent's checkpoints from recycling
+# the WAL (which would then grow for as long as the export runs).
+_READ_CHUNK = 1000
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class BufferFileError(Exception):
@@ -92,8 +126,8 @@ class BufferStats:
 
     ``depth``: rows pending for any destination; ``oldest_ts``: ``ts`` of the lowest-seq
     pending row (by seq, not ``min(ts)``, so a clock jump does not hide the backlog);
-    ``dropped``: rows ever dropped to stay within ``max_bytes`` (persistent);
-    ``size_bytes``: the database file plus its WAL file.
+    ``dropped``: rows ever dropped to stay within ``max_bytes`` or deleted by a purge
+    (persistent); ``size_bytes``: the database file plus its WAL file.
     """
 
     depth: int
@@ -210,6 +244,7 @@ class Buffer:
         self._all_mask = 0
         self._depth = 0
         self._dropped = 0
+        self._purged = 0
         self._closed = False
         with self._translate_errors():
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE, so the
@@ -256,6 +291,7 @@ class Buffer:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             deleted, added = self._sync_destinations(names)
         self._dropped = int(self._meta("dropped") or 0)
+        self._purged = int(self._meta("purged") or 0)
         self._depth = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
         if deleted or added:
             self._checkpoint()  # those rewrote up to every row: do not leave a big WAL
@@ -570,8 +606,13 @@ class Buffer:
         return int(row[0])
 
     def stats(self) -> BufferStats:
-        """Depth, oldest pending timestamp, dropped rows and file size (cheap: no table scan)."""
+        """Depth, oldest pending timestamp, dropped rows and file size (cheap: no table scan).
+
+        After another process purged rows (``swm-edge buffer purge``, which raises the
+        persistent ``purged`` counter) the depth is counted again, once.
+        """
         with self._translate_errors():
+            self._resync_after_purge()
             row = self._conn.execute("SELECT ts FROM readings ORDER BY seq LIMIT 1").fetchone()
         size = 0
         for p in (self.path, self._wal_path):
@@ -581,6 +622,31 @@ class Buffer:
         return BufferStats(
             depth=self._depth, oldest_ts=oldest, dropped=self._dropped, size_bytes=size
         )
+
+    def _resync_after_purge(self) -> None:
+        # The in-memory depth and dropped counters only see this connection's writes; a purge
+        # by another process shows up as a changed ``purged`` counter (one point query).
+        purged = int(self._meta("purged") or 0)
+        if purged != self._purged:
+            self._purged = purged
+            self._dropped = int(self._meta("dropped") or 0)
+            self._depth = self._conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+
+    def purge_before(self, ts: float) -> int:
+        """Delete every row with a ``ts`` before ``ts`` (epoch seconds); returns the rows deleted.
+
+        Rows pending for any destination go too. They are counted in ``dropped`` and in the
+        meta value ``purged``. Rows without a valid time (NaN) are kept. Deletes in batches of
+        a few thousand rows, each its own transaction.
+        """
+        with self._translate_errors():
+            self._resync_after_purge()
+            deleted = _purge_rows(self._conn, ts)
+            self._depth -= deleted
+            self._dropped += deleted
+            self._purged += deleted
+            self._trim_wal()
+        return deleted
 
     def get_meta(self, key: str) -> str | None:
         """A small persistent value (e.g. the Sparkplug bdSeq), or None if never set."""
@@ -609,3 +675,447 @@ class Buffer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- other processes: purge and read-only access -------------------------------------------------
+
+
+def _purge_rows(conn: sqlite3.Connection, before: float, batch: int = _PURGE_BATCH) -> int:
+    """Delete rows with ``ts < before`` in transactions of at most ``batch`` rows.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``). Each batch is found by a
+    plain read (no lock that blocks a writer), then deleted by seq runs in a short ``BEGIN
+    IMMEDIATE`` transaction that also counts the rows in ``dropped`` and ``purged``; a purge
+    cut short (Ctrl-C, lock timeout) leaves the counters matching the rows that went.
+    """
+    total = 0
+    after = 0
+    while True:
+        seqs = [
+            r[0]
+            for r in conn.execute(
+                "SELECT seq FROM readings WHERE seq > ? AND ts < ? ORDER BY seq LIMIT ?",
+                (after, before, batch),
+            )
+        ]
+        if not seqs:
+            return total
+        deleted = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for lo, hi in _runs(seqs):
+                # Every seq of a run matched, and seqs are never reused, so the range holds
+                # no other row; rows the agent deleted since the read (acked) do not count.
+                deleted += conn.execute(
+                    "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)
+                ).rowcount
+            if deleted:
+                conn.execute(
+                    "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'dropped'",
+                    (deleted,),
+                )
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('purged', ?) ON CONFLICT (key) "
+                    "DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
+                    (str(deleted),),
+                )
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        total += deleted
+        after = seqs[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class RowCount:
+    """How many rows a selection holds, and the seqs of its first and last row."""
+
+    rows: int
+    first_seq: int | None
+    last_seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSummary:
+    """The rows one device has in the buffer and the time range of their readings."""
+
+    rows: int
+    oldest_ts: float | None
+    newest_ts: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BufferSummary:
+    """What a buffer file holds, for ``swm-edge buffer stats``.
+
+    ``depth``: rows held; ``first_seq``/``last_seq``: their seq range; ``last_assigned_seq``:
+    the highest seq ever handed out (rows above ``last_seq`` were delivered or dropped);
+    ``oldest_ts``/``newest_ts``: earliest and latest reading time (``min``/``max`` of ``ts``,
+    the times ``export`` and ``purge`` select by); ``undated``: rows whose time is not a number;
+    ``dropped``: rows ever dropped for room or purged, ``purged`` those purged;
+    ``pending``: rows each destination still needs; ``devices``: rows per device;
+    ``db_bytes``/``wal_bytes``: the files on disk, ``free_bytes`` the part of the database
+    file that deleted rows left for new ones.
+    """
+
+    path: Path
+    schema_version: int
+    depth: int
+    first_seq: int | None
+    last_seq: int | None
+    last_assigned_seq: int
+    oldest_ts: float | None
+    newest_ts: float | None
+    undated: int
+    dropped: int
+    purged: int
+    pending: dict[str, int]
+    devices: dict[str, DeviceSummary]
+    db_bytes: int
+    wal_bytes: int
+    free_bytes: int
+
+    @property
+    def size_bytes(self) -> int:
+        """The database file plus its WAL file."""
+        return self.db_bytes + self.wal_bytes
+
+
+def _db_uri(path: Path, **params: str) -> str:
+    # quote() escapes "?", "#" and "%", which would otherwise end or garble the file name.
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{quote(str(path.absolute()))}?{query}"
+
+
+def _require_buffer_file(path: Path) -> os.stat_result:
+    """Fail with a plain-language :class:`BufferFileError` unless ``path`` looks like a buffer.
+
+    Looks at the file with the operating system first: SQLite reports a missing file, a folder
+    and a permission problem all as "unable to open database file".
+    """
+    try:
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise BufferFileError(
+                path, "is a folder, not a buffer file; give the buffer's .sqlite file"
+            )
+        if not stat.S_ISREG(st.st_mode):
+            raise BufferFileError(path, "is not a regular file; give the buffer's .sqlite file")
+        with path.open("rb") as f:
+            header = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        raise BufferFileError(
+            path,
+            "no such file; check the path (the agent creates the buffer when it first runs)",
+        ) from None
+    except NotADirectoryError:
+        raise BufferFileError(path, "no such file: a part of the path is not a folder") from None
+    except PermissionError:
+        raise BufferFileError(
+            path, "permission denied; run as root or as the user the agent runs as"
+        ) from None
+    except OSError as exc:
+        raise BufferFileError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    if not header:
+        raise BufferFileError(path, "the file is empty: not a swm-edge buffer (yet)")
+    if header != _SQLITE_MAGIC:
+        raise BufferFileError(
+            path, "not an SQLite database, so not a swm-edge buffer; check the path"
+        )
+    return st
+
+
+def _check_buffer_schema(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version of an existing buffer; raises unless it is one this code reads."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    if app_id != APPLICATION_ID:
+        raise BufferFileError(
+            path, "this is an SQLite database, but not a swm-edge buffer; check the path"
+        )
+    if version > SCHEMA_VERSION:
+        raise BufferFileError(
+            path,
+            f"the buffer has schema version {version}, this swm-edge reads up to "
+            f"{SCHEMA_VERSION}; use the swm-edge version that wrote it",
+        )
+    return version
+
+
+@contextmanager
+def _outside_errors(
+    path: Path, *, busy_timeout: float | None = None, writing: bool = False
+) -> Iterator[None]:
+    """SQLite errors of a reader or purger as :class:`BufferFileError` with what to do."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            message = (
+                f"the buffer file is damaged ({exc}); nothing was changed. To rescue what is "
+                f"readable: `sqlite3 {path} .recover > rescue.sql`"
+            )
+        elif code == _SQLITE_BUSY:
+            held = f" for {busy_timeout:g} s" if busy_timeout is not None else ""
+            message = (
+                f"the buffer stayed locked by another process{held}; nothing more was "
+                "changed. Try again (is a large transaction or another purge running?)"
+            )
+        elif code == _SQLITE_READONLY:
+            message = (
+                f"the buffer file cannot be written ({exc}); purge needs write access: run "
+                "as root or as the agent's user, on a writable file system"
+            )
+        elif code == _SQLITE_CANTOPEN and writing:
+            message = (
+                f"cannot open the buffer file for writing ({exc}); purge needs write access "
+                "to the file and its folder (SQLite puts its -wal file there): run as root "
+                "or as the agent's user, on a writable file system"
+            )
+        elif code == _SQLITE_CANTOPEN:
+            message = (
+                f"cannot open the buffer file ({exc}); SQLite needs to create {path.name}-shm "
+                "next to it to read its -wal file: copy the file and its -wal file to a "
+                "writable folder and try there"
+            )
+        else:
+            message = f"cannot read the buffer file ({exc})"
+        raise BufferFileError(path, message) from exc
+
+
+class BufferReader:
+    """Read-only access to a buffer file: its figures and its rows, without writing anything.
+
+    Works next to a running agent: the file is opened with SQLite's ``mode=ro`` and reads in
+    short queries, so the agent's writer is never blocked (WAL readers do not block writers)
+    and its checkpoints are held back for one query at most. A file without a ``-wal`` file
+    next to it (a stopped agent's buffer, a copy of the database file alone, a read-only
+    medium) is opened ``immutable``: no ``-wal`` or ``-shm`` file is created. No ``-wal`` file
+    means no process has the database open; should one open it and checkpoint while this
+    reads, the change is noticed and :class:`BufferFileError` asks to run the command again.
+
+    Raises :class:`BufferFileError` for a missing, unreadable, foreign or damaged file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._wal_path = Path(f"{self.path}-wal")
+        st = _require_buffer_file(self.path)
+        self._identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+        #: True when the file was opened ``immutable`` (no -wal file next to it).
+        self.immutable = not self._wal_path.exists()
+        with _outside_errors(self.path):
+            self._conn = self._connect()
+            try:
+                self.schema_version = _check_buffer_schema(self._conn, self.path)
+            except BaseException:
+                self._conn.close()
+                raise
+
+    def _connect(self) -> sqlite3.Connection:
+        params = {"mode": "ro", "immutable": "1"} if self.immutable else {"mode": "ro"}
+        conn = sqlite3.connect(
+            _db_uri(self.path, **params),
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=5.0,
+        )
+        try:
+            # Opening is lazy: the first query is what finds the -wal/-shm problems.
+            conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            # A read-only folder holding the database and an empty -wal file: SQLite cannot
+            # create the -shm file it wants, but an empty WAL holds nothing to read anyway.
+            if code != _SQLITE_CANTOPEN or self.immutable or self._wal_size() != 0:
+                raise
+            self.immutable = True
+            return self._connect()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _wal_size(self) -> int | None:
+        try:
+            return self._wal_path.stat().st_size
+        except OSError:
+            return None
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            with _outside_errors(self.path):
+                yield
+        except BufferFileError:
+            # A file rewritten under an immutable read looks damaged to SQLite; say what
+            # really happened.
+            self._check_unchanged()
+            raise
+
+    def _check_unchanged(self) -> None:
+        """In immutable mode, fail if a writer changed the database file while it was read."""
+        if not self.immutable:
+            return
+        try:
+            st = self.path.stat()
+        except OSError:
+            st = None
+        if st is None or (st.st_ino, st.st_size, st.st_mtime_ns) != self._identity:
+            raise BufferFileError(
+                self.path,
+                "the file changed while it was read (did the agent start on it?); what was "
+                "read may be inconsistent: run the command again",
+            )
+
+    def stats(self) -> BufferSummary:
+        """Figures of the whole buffer, read in one snapshot (scans the table once)."""
+        conn = self._conn
+        with self._errors():
+            conn.execute("BEGIN")  # one snapshot for every figure; a read lock only
+            try:
+                first, last = conn.execute("SELECT min(seq), max(seq) FROM readings").fetchone()
+                row = conn.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'readings'"
+                ).fetchone()
+                assigned = int(row[0]) if row else 0
+                devices: dict[str, DeviceSummary] = {}
+                depth = dated = 0
+                for device, rows, n_ts, lo, hi in conn.execute(
+                    "SELECT device_id, count(*), count(ts), min(ts), max(ts) FROM readings "
+                    "GROUP BY device_id ORDER BY device_id"
+                ):
+                    devices[device] = DeviceSummary(rows, lo, hi)
+                    depth += rows
+                    dated += n_ts
+                starts = [d.oldest_ts for d in devices.values() if d.oldest_ts is not None]
+                ends = [d.newest_ts for d in devices.values() if d.newest_ts is not None]
+                pending = {
+                    name: conn.execute(
+                        f"SELECT count(*) FROM readings WHERE pending & {1 << bit} != 0"
+                    ).fetchone()[0]
+                    for name, bit in conn.execute(
+                        "SELECT name, bit FROM destinations ORDER BY bit"
+                    ).fetchall()
+                }
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            finally:
+                if conn.in_transaction:  # SQLite may have ended it itself after an error
+                    conn.execute("COMMIT")
+        self._check_unchanged()
+        try:
+            db_bytes = self.path.stat().st_size
+        except OSError:
+            db_bytes = 0
+        return BufferSummary(
+            path=self.path,
+            schema_version=self.schema_version,
+            depth=depth,
+            first_seq=first,
+            last_seq=last,
+            last_assigned_seq=assigned,
+            oldest_ts=min(starts, default=None),
+            newest_ts=max(ends, default=None),
+            undated=depth - dated,
+            dropped=int(meta.get("dropped", 0)),
+            purged=int(meta.get("purged", 0)),
+            pending=pending,
+            devices=devices,
+            db_bytes=db_bytes,
+            wal_bytes=0 if self.immutable else (self._wal_size() or 0),
+            free_bytes=free * page_size,
+        )
+
+    @staticmethod
+    def _time_filter(since: float | None, until: float | None) -> tuple[str, list[float]]:
+        sql, args = "", []
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND ts < ?"
+            args.append(until)
+        return sql, args
+
+    def count(self, since: float | None = None, until: float | None = None) -> RowCount:
+        """Rows with ``since <= ts < until`` (either bound may be left out)."""
+        where, args = self._time_filter(since, until)
+        with self._errors():
+            rows, first, last = self._conn.execute(
+                f"SELECT count(*), min(seq), max(seq) FROM readings WHERE 1{where}", args
+            ).fetchone()
+        self._check_unchanged()
+        return RowCount(rows, first, last)
+
+    def iter_rows(
+        self, since: float | None = None, until: float | None = None, *, chunk: int = _READ_CHUNK
+    ) -> Iterator[Row]:
+        """Rows with ``since <= ts < until`` in ascending seq, streamed in pages of ``chunk``.
+
+        Memory stays constant however large the buffer. Rows stored after the first page was
+        read are not included (the export has an end next to a running agent); rows the agent
+        deletes meanwhile may or may not be. Without a time bound, rows whose time is not a
+        number are included, with ``ts`` NaN.
+        """
+        where, args = self._time_filter(since, until)
+        sql = (
+            "SELECT seq, device_id, ts, points FROM readings "
+            f"WHERE seq > ? AND seq <= ?{where} ORDER BY seq LIMIT ?"
+        )
+        with self._errors():
+            top = self._conn.execute("SELECT max(seq) FROM readings").fetchone()[0]
+        after = 0
+        while top is not None:
+            with self._errors():
+                page = self._conn.execute(sql, (after, top, *args, chunk)).fetchall()
+            for seq, device_id, ts, points in page:
+                yield Row(
+                    seq, Reading(device_id, math.nan if ts is None else ts, _decode_points(points))
+                )
+            if len(page) < chunk:
+                break
+            after = page[-1][0]
+        self._check_unchanged()
+
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        self._conn.close()
+
+    def __enter__(self) -> BufferReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def purge_file(path: Path, before: float, *, busy_timeout: float = PURGE_BUSY_TIMEOUT) -> int:
+    """Delete the rows of the buffer file ``path`` with ``ts < before``; returns how many went.
+
+    For use from another process than the agent's, also while it runs: the file is opened
+    without the :class:`Buffer` set-up (which could rewrite rows or vacuum), deletes go in
+    short transactions (see :func:`_purge_rows`), and each waits at most ``busy_timeout``
+    seconds for the write lock. The rows are counted in ``dropped`` and ``purged``; a running
+    agent notices at its next :meth:`Buffer.stats`.
+
+    Raises :class:`BufferFileError` for a missing, foreign or damaged file, a read-only one, or
+    when the lock stays taken.
+    """
+    path = Path(path)
+    _require_buffer_file(path)
+    with _outside_errors(path, busy_timeout=busy_timeout, writing=True):
+        # mode=rw: never create a file that is not there (a plain connect would).
+        conn = sqlite3.connect(
+            _db_uri(path, mode="rw"), uri=True, isolation_level=None, timeout=busy_timeout
+        )
+        try:
+            _check_buffer_schema(conn, path)
+            return _purge_rows(conn, before)
+        finally:
+            conn.close()

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import termios
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
@@ -43,6 +44,11 @@ T = TypeVar("T")
 # After a timeout on a serial line a late answer may still be on its way; waiting this
 # long (and discarding what arrives) keeps it from being taken as the next answer.
 SERIAL_QUIET_AFTER_TIMEOUT = 0.05
+
+# What opening or using a serial port raises: pyserial's SerialException is an OSError, but
+# a setting the port refuses surfaces as termios.error (e.g. parity on a pty), and a bad
+# setting as ValueError.
+SERIAL_ERRORS = (OSError, termios.error, ValueError)
 
 # Bus types whose line is a raw serial port handed to the driver as a SerialTransport.
 SERIAL_BUS_TYPES = frozenset({"mbus", "sdi12", "serial"})
@@ -267,7 +273,7 @@ class MinimalmodbusLine(ModbusLine):
 
         try:
             self._serial = await self._run(_open)
-        except (OSError, ValueError) as exc:
+        except SERIAL_ERRORS as exc:
             raise ConnectionLost(f"cannot open {port}: {exc}") from exc
 
     async def close(self) -> None:
@@ -365,7 +371,7 @@ class SerialPortLine(Line):
     async def _run(self, fn: Callable[[], T]) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except OSError as exc:  # pyserial's SerialException is an OSError
+        except SERIAL_ERRORS as exc:
             raise ConnectionLost(f"{self.spec.port}: {exc}") from exc
 
     async def open(self) -> None:

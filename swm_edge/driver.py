@@ -10,6 +10,9 @@ Drivers register under the entry-point group ``swm_edge.drivers``::
 
     [project.entry-points."swm_edge.drivers"]
     mymeter = "my_package.driver:MyMeterDriver"
+
+The field types of a ``device_model`` (:data:`PointName`, :data:`FiniteFloat`,
+:data:`Unit`) and :func:`field_error` are re-exported from :mod:`swm_edge.sdk_types`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from swm_edge.model import (
     WordOrder,
     exception_reason,
 )
+from swm_edge.sdk_types import FiniteFloat, PointName, Unit, field_error
 
 ENTRY_POINT_GROUP = "swm_edge.drivers"
 
@@ -51,8 +55,10 @@ __all__ = [
     "DeviceTimeout",
     "Driver",
     "DriverNotFound",
+    "FiniteFloat",
     "ModbusTransport",
     "Point",
+    "PointName",
     "PointSpec",
     "PointValue",
     "Quality",
@@ -61,9 +67,11 @@ __all__ = [
     "Reason",
     "SerialTransport",
     "Table",
+    "Unit",
     "Value",
     "WordOrder",
     "available_drivers",
+    "field_error",
     "load_driver",
 ]
 

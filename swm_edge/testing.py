@@ -27,7 +27,7 @@ into with ``pip install --target``.
 Everything the fixtures return is a plain class or function of this module that works
 without pytest as well (pytest itself is only needed for the fixtures). The broker process
 classes live in :mod:`swm_edge.broker` and are re-exported here. :func:`make_test_certificates`
-needs the ``cryptography`` package (a development dependency, not a runtime one).
+uses the ``cryptography`` package (a runtime dependency, for ``swm-edge cert``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import ipaddress
 import json
 import os
 import secrets
-import select
 import shutil
 import signal
 import subprocess
@@ -48,7 +47,6 @@ import sys
 import tempfile
 import threading
 import time
-import tty
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +58,7 @@ from paho.mqtt.client import topic_matches_sub
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from swm_edge_hil.pty import PtyDevice
 
 from swm_edge.broker import (
     BrokerError,
@@ -519,7 +518,7 @@ def make_test_certificates(
     clients that verify the host name accept it. Each call makes a new CA, so a second call
     in another folder gives a CA that must *not* verify the first one's server.
 
-    Needs the ``cryptography`` package (development dependency).
+    Uses the ``cryptography`` package.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -635,7 +634,10 @@ _POLL_STEP = 0.1
 FrameHandler = Callable[[bytes], bytes | None]
 
 
-class SerialDevice:
+# swm_edge_hil is installed from hil/ under another name, which mypy cannot follow (see
+# pyproject.toml), so the base class is Any to it; SerialDevice's own members stay checked.
+# Where mypy can follow it (swm_edge_hil on its path), the class checks clean: unused-ignore.
+class SerialDevice(PtyDevice):  # type: ignore[misc, unused-ignore]
     """A simulated serial device on a pseudo-terminal pair (``os.openpty``).
 
     The agent opens :attr:`port` as it would open ``/dev/ttyUSB0``; a thread reads what it
@@ -656,6 +658,9 @@ class SerialDevice:
         link: also make this path a symlink to the port (created with its parent folders,
             removed on :meth:`close`), like a stable ``/dev/serial/by-id/...`` name.
 
+    It runs from construction on. :attr:`pty_path` is the pty's own path, :meth:`write`
+    sends bytes unasked (line noise, a late answer, an unsolicited frame).
+
     An exception raised by ``handler`` leaves that request unanswered and is raised again
     by :meth:`close`, so a broken simulator fails the test instead of looking like a
     silent device.
@@ -669,37 +674,18 @@ class SerialDevice:
         idle_gap: float = 0.02,
         link: str | Path | None = None,
     ) -> None:
-
         if terminator == b"":
             raise ValueError("terminator must not be empty (use None to frame by silence)")
+        super().__init__(link=link, name="SerialDevice")
         self.handler: FrameHandler = handler
         self.terminator = terminator
         self.idle_gap = idle_gap
-        self._master, self._slave = os.openpty()
-        # Raw before the agent opens it: nothing may echo the driver's request back to it.
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)
-        #: The pty's own path (``/dev/pts/N``).
-        self.pty_path: str = os.ttyname(self._slave)
-        self._link = Path(link) if link is not None else None
-        if self._link is not None:
-            self._link.parent.mkdir(parents=True, exist_ok=True)
-            self._link.unlink(missing_ok=True)
-            self._link.symlink_to(self.pty_path)
+        self._buf = bytearray()
+        self._last_rx = time.monotonic()
         self._cond = threading.Condition()
         self._requests: list[bytes] = []
         self._errors: list[BaseException] = []
-        self._stopping = threading.Event()
-        self._closed = False
-        self._thread = threading.Thread(
-            target=self._serve, name=f"SerialDevice({self.port})", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def port(self) -> str:
-        """The path the agent opens: :attr:`pty_path`, or the ``link`` if one was given."""
-        return str(self._link) if self._link is not None else self.pty_path
+        self.start()
 
     @property
     def requests(self) -> list[bytes]:
@@ -722,57 +708,29 @@ class SerialDevice:
             f"{got[:_DESCRIBE_LIMIT]!r}"
         )
 
-    def write(self, data: bytes) -> None:
-        """Send bytes to the agent unasked (line noise, a late answer, an unsolicited frame)."""
-        self._send(data)
-
-    def _send(self, data: bytes) -> None:
-
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self._master, view) :]
-            except BlockingIOError:
-                # The agent is not reading yet and the pty's buffer is full: wait for room.
-                time.sleep(0.001)
-
-    def _serve(self) -> None:
-
-        buf = bytearray()
-        last_rx = time.monotonic()
-        while not self._stopping.is_set():
-            wait = _POLL_STEP
-            if buf and self.terminator is None:
-                wait = max(0.0, last_rx + self.idle_gap - time.monotonic())
-            readable, _, _ = select.select([self._master], [], [], wait)
-            if readable:
-                try:
-                    chunk = os.read(self._master, 4096)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    # EIO: no slave side open; cannot happen while we hold ours, but a
-                    # busy loop would be the worst answer if it did.
-                    time.sleep(_POLL_STEP)
-                    continue
-                buf += chunk
-                last_rx = time.monotonic()
-            for frame in self._frames(buf, last_rx):
-                self._handle(frame)
-
-    def _frames(self, buf: bytearray, last_rx: float) -> list[bytes]:
-        """Cut the complete frames off the front of ``buf``."""
-        frames: list[bytes] = []
+    def on_bytes(self, data: bytes, now: float) -> None:
+        """Answer every request that ``data`` completes (framing by terminator)."""
+        self._buf += data
+        self._last_rx = now
         if self.terminator is None:
-            if buf and time.monotonic() - last_rx >= self.idle_gap:
-                frames.append(bytes(buf))
-                buf.clear()
-            return frames
-        while (end := buf.find(self.terminator)) >= 0:
+            return
+        while (end := self._buf.find(self.terminator)) >= 0:
             cut = end + len(self.terminator)
-            frames.append(bytes(buf[:cut]))
-            del buf[:cut]
-        return frames
+            frame = bytes(self._buf[:cut])
+            del self._buf[:cut]
+            self._handle(frame)
+
+    def on_idle(self, now: float) -> float | None:
+        """Answer the request that a pause ended (framing by silence)."""
+        if self.terminator is not None or not self._buf:
+            return None
+        left = self._last_rx + self.idle_gap - now
+        if left > 0:
+            return left
+        frame = bytes(self._buf)
+        self._buf.clear()
+        self._handle(frame)
+        return None
 
     def _handle(self, frame: bytes) -> None:
         with self._cond:
@@ -785,7 +743,7 @@ class SerialDevice:
                 self._errors.append(exc)
             return
         if reply:
-            self._send(reply)
+            self.write(reply)
 
     def close(self) -> None:
         """Stop the simulator and close the pty (the agent's port then fails). Idempotent.
@@ -793,31 +751,11 @@ class SerialDevice:
         Raises:
             Exception: the first exception the handler raised, if any.
         """
-
-        if not self._closed:
-            self._closed = True
-            self._stopping.set()
-            self._thread.join()
-            for fd in (self._master, self._slave):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            if self._link is not None:
-                self._link.unlink(missing_ok=True)
+        super().close()
         with self._cond:
             errors, self._errors = self._errors, []
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SerialDevice(port={self.port!r}, terminator={self.terminator!r})"

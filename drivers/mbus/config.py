@@ -2,7 +2,7 @@
 
 :class:`MbusDevice` is the ``device_model`` of the wired M-Bus driver (see
 docs/decisions/0003-driver-sdk.md). It follows the conventions of
-:mod:`swm_edge.modbus.config`: strict types (YAML guesses scalar types), errors of the
+:mod:`swm_edge.sdk_types`: strict types (YAML guesses scalar types), errors of the
 custom type ``mbus_config`` carrying a complete message and the key they are about in
 ``ctx["field"]``, and a bus check when validated with ``context={"bus": BusSpec}``.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
+from functools import partial
 from typing import Annotated, Any
 
 from pydantic import (
@@ -28,9 +29,7 @@ from pydantic_core import PydanticCustomError
 from swm_edge_drivers.mbus.frames import SecondaryAddress
 from swm_edge_drivers.mbus.records import BASE_UNITS, UNIT_FACTORS, Function, Quantity
 
-from swm_edge.modbus.config import POINT_NAME_PATTERN
-from swm_edge.model import BusSpec
-from swm_edge.units import Unit
+from swm_edge.driver import BusSpec, PointName, Unit, field_error
 
 __all__ = ["MBUS_BUS_TYPES", "MbusDevice", "MbusPoint", "time_zone"]
 
@@ -41,14 +40,8 @@ _MAX_STORAGE = (1 << 41) - 1
 _MAX_TARIFF = (1 << 20) - 1
 _MAX_SUBUNIT = (1 << 10) - 1
 
-PointName = Annotated[StrictStr, Field(pattern=POINT_NAME_PATTERN)]
-
-
-def _error(field: str, message: str, related: str | None = None) -> PydanticCustomError:
-    ctx: dict[str, Any] = {"field": field}
-    if related is not None:
-        ctx["related"] = related
-    return PydanticCustomError("mbus_config", message, ctx)
+# A model validator's error at one key; the type tells M-Bus errors from the core's.
+_error = partial(field_error, error_type="mbus_config")
 
 
 def time_zone(name: str) -> dt.tzinfo:

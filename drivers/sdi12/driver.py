@@ -29,12 +29,10 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
     AfterValidator,
-    AllowInfNan,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    Strict,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -69,11 +67,13 @@ from swm_edge.driver import (
     DeviceSpec,
     DeviceTimeout,
     Driver,
+    FiniteFloat,
+    PointName,
     PointValue,
     ReadError,
     SerialTransport,
+    Unit,
 )
-from swm_edge.units import Unit
 
 __all__ = [
     "DEFAULT_MEASUREMENT_SECONDS",
@@ -102,10 +102,6 @@ _VALUE_CHARS = 9
 # Longest line the driver reads while waiting for a service request: an address and
 # CR LF, with room for a stray character or two.
 _SERVICE_REQUEST_SIZE = 8
-
-# Point names as the core allows them (the same pattern as the Modbus driver's): safe as
-# a JSON key and an MQTT topic level.
-_POINT_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 
 
 def _address_before(value: Any) -> Any:
@@ -163,7 +159,6 @@ MeasurementName = Annotated[
     AfterValidator(_check_measurement),
     WithJsonSchema({"type": "string", "enum": _MEASUREMENT_NAMES}),
 ]
-FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
 
 
 class Sdi12Point(BaseModel):
@@ -171,7 +166,7 @@ class Sdi12Point(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: StrictStr = Field(pattern=_POINT_NAME, description="Point name, unique per device.")
+    name: PointName = Field(description="Point name, unique per device.")
     index: StrictInt = Field(
         ge=1,
         le=99,

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import signal
 import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -13,6 +18,7 @@ from rich.table import Table as RichTable
 
 from swm_edge import __version__
 from swm_edge.config import ConfigError, LoadedConfig, load_config
+from swm_edge.model import Reading
 
 EXIT_CONFIG = 2
 
@@ -47,6 +53,9 @@ def load_or_exit(path: Path, *, show_warnings: bool = True) -> LoadedConfig:
 @click.version_option(__version__, prog_name="swm-edge")
 def main() -> None:
     """swm-edge: polls water meters and probes, buffers readings, publishes them over MQTT."""
+    # pymodbus logs every failed transaction itself; our commands say it better, once.
+    # (`run` sets up full logging on top of this.)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 @main.command()
@@ -104,8 +113,15 @@ def validate(config_path: Path) -> None:
 @config_option
 @click.option("--device", "device_ids", multiple=True, help="Only this device (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def read(config_path: Path, device_ids: tuple[str, ...], as_json: bool) -> None:
-    """Poll each device once and print what it answered (no buffer, no MQTT)."""
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep polling at each device's interval and show the latest values until Ctrl-C; "
+    "with --json, one JSON line per poll.",
+)
+def read(config_path: Path, device_ids: tuple[str, ...], as_json: bool, watch: bool) -> None:
+    """Poll each device once (with --watch: on its interval until Ctrl-C) and print what
+    it answered (no buffer, no MQTT)."""
     from swm_edge.agent import read_once
     from swm_edge.publish.encoders.json_v1 import iso_ms, readings_doc
 
@@ -117,6 +133,9 @@ def read(config_path: Path, device_ids: tuple[str, ...], as_json: bool) -> None:
             f"unknown device(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}", err=True
         )
         sys.exit(EXIT_CONFIG)
+    if watch:
+        _watch(loaded, device_ids, as_json)
+        return
     readings = asyncio.run(read_once(loaded, device_ids))
     if as_json:
         docs = [
@@ -137,6 +156,127 @@ def read(config_path: Path, device_ids: tuple[str, ...], as_json: bool) -> None:
                 pv.error or "",
             )
     Console().print(table)
+
+
+# A poll still in flight at Ctrl-C gets this long to finish before it is cancelled: a
+# person waiting for the prompt matters more than one last reading nobody keeps.
+_WATCH_STOP_GRACE = 1.0
+
+
+async def _poll_until_stopped(
+    loaded: LoadedConfig, device_ids: Sequence[str], show: Callable[[Reading], None]
+) -> None:
+    """Poll the devices on their wall-clock grids (the agent's Bus/DevicePoller path,
+    without buffer or MQTT), handing each reading to ``show``, until SIGINT or SIGTERM."""
+    from swm_edge.agent import build_pollers
+    from swm_edge.bus import Bus
+    from swm_edge.scheduler import DevicePoller
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+
+    async def sink(reading: Reading) -> None:
+        try:
+            show(reading)
+        except BrokenPipeError:  # `read --watch --json | head -3` closed our output
+            stopping.set()
+
+    buses = {spec.id: Bus(spec) for spec in loaded.buses}
+    pollers = build_pollers(loaded, buses, sink, device_ids)
+
+    async def poll(poller: DevicePoller) -> None:
+        # A first reading now rather than at the next slot, which may be minutes away.
+        await sink(await poller.poll_once())
+        await poller.run(stopping)
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for bus_id in {p.device.bus for p in pollers}:
+            await buses[bus_id].start()
+        tasks = [asyncio.create_task(poll(p), name=f"watch-{p.device.id}") for p in pollers]
+        await stopping.wait()
+        if tasks:
+            _done, late = await asyncio.wait(tasks, timeout=_WATCH_STOP_GRACE)
+            for task in late:
+                task.cancel()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for bus in buses.values():
+            await bus.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _watch(loaded: LoadedConfig, device_ids: Sequence[str], as_json: bool) -> None:
+    """``read --watch``: a live table (or JSON lines) until Ctrl-C, then exit 0."""
+    from rich.live import Live
+    from rich.text import Text
+
+    from swm_edge.publish.encoders.json_v1 import iso_ms, readings_doc
+
+    if not any(not device_ids or d.id in device_ids for d in loaded.devices):
+        click.echo(f"{loaded.path}: no devices to poll", err=True)
+        return
+    if as_json:
+
+        def emit(r: Reading) -> None:
+            doc = {"device": r.device_id, "ts": iso_ms(r.ts), "readings": readings_doc(r)}
+            click.echo(json.dumps(doc))
+
+        asyncio.run(_poll_until_stopped(loaded, device_ids, emit))
+        _quiet_closed_stdout()
+        return
+
+    order = [d.id for d in loaded.devices if not device_ids or d.id in device_ids]
+    latest: dict[str, Reading] = {}
+    styles = {"good": "green", "bad": "bold red"}
+
+    def render() -> RichTable:
+        table = RichTable(
+            "device", "point", "value", "unit", "quality", "error", "read at",
+            title="swm-edge read --watch (Ctrl-C to stop)", title_justify="left",
+        )  # fmt: skip
+        for device_id in order:
+            r = latest.get(device_id)
+            if r is None:
+                table.add_row(Text(device_id), Text("waiting for the first poll", style="dim"))
+                continue
+            at = time.strftime("%H:%M:%S", time.localtime(r.ts))
+            for name, pv in r.points.items():
+                quality = str(pv.quality)
+                table.add_row(
+                    Text(r.device_id),
+                    Text(name),
+                    "" if pv.value is None else str(pv.value),
+                    Text(pv.unit or ""),
+                    Text(quality, style=styles.get(quality, "")),
+                    Text(pv.error or ""),
+                    at,
+                )
+        return table
+
+    with Live(render(), console=Console(), auto_refresh=False) as live:
+
+        def emit(r: Reading) -> None:
+            latest[r.device_id] = r
+            live.update(render(), refresh=True)
+
+        asyncio.run(_poll_until_stopped(loaded, device_ids, emit))
+    _quiet_closed_stdout()
+
+
+def _quiet_closed_stdout() -> None:
+    # After a reader closed the pipe, Python's final flush of stdout would print an
+    # "Exception ignored ... BrokenPipeError" message: send what is left nowhere instead.
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 @main.command()
@@ -170,11 +310,17 @@ def demo(duration: float | None) -> None:
     sys.exit(run_demo(duration))
 
 
-def _register_catalog() -> None:
+def _register_commands() -> None:
+    # Commands that live in their own module; one line each (keep sorted).
     from swm_edge.cli.catalog import drivers, profiles
 
+    main.add_command(__import__("swm_edge.cli.buffer", fromlist=["buffer"]).buffer)
+    main.add_command(__import__("swm_edge.cli.cert", fromlist=["cert"]).cert)
     main.add_command(drivers)
+    main.add_command(__import__("swm_edge.cli.init", fromlist=["init"]).init)
     main.add_command(profiles)
+    main.add_command(__import__("swm_edge.cli.scan", fromlist=["scan"]).scan)
+    main.add_command(__import__("swm_edge.cli.status", fromlist=["status"]).status)
 
 
-_register_catalog()
+_register_commands()

@@ -28,12 +28,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    AllowInfNan,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    Strict,
     StrictInt,
     StrictStr,
     ValidationInfo,
@@ -42,8 +40,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from swm_edge.modbus.config import POINT_NAME_PATTERN
 from swm_edge.model import BusSpec
+from swm_edge.sdk_types import POINT_NAME_PATTERN, FiniteFloat, field_error
 
 __all__ = [
     "BAUDRATES",
@@ -51,9 +49,11 @@ __all__ = [
     "CLIENT_ID_PATTERN",
     "CORE_DEVICE_KEYS",
     "DEFAULT_BUFFER_PATH",
+    "DEFAULT_STATUS_SOCKET_NAME",
     "ENV_NAME_PATTERN",
     "HOST_PATTERN",
     "ID_PATTERN",
+    "MAX_UNIX_SOCKET_PATH",
     "MBUS_BAUDRATES",
     "PATTERN_HELP",
     "POINT_NAME_PATTERN",
@@ -108,15 +108,11 @@ BAUDRATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
 MBUS_BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400)
 
 DEFAULT_BUFFER_PATH = Path("/var/lib/swm-edge/buffer.sqlite")
-
-
-def field_error(field: str, message: str) -> PydanticCustomError:
-    """An error from a model validator that belongs to one field of the model.
-
-    Pydantic reports model-validator errors at the model; the loader reads ``ctx.field``
-    to point at the field's line instead.
-    """
-    return PydanticCustomError("swm_config", message, {"field": field})
+#: File name of the status socket in the buffer's folder, when ``status_socket`` is not set.
+DEFAULT_STATUS_SOCKET_NAME = "swm-edge.sock"
+#: Longest path (bytes) bind() takes for a Unix socket on Linux: sun_path is 108 bytes
+#: including the terminating NUL. A longer path would only fail when the agent starts.
+MAX_UNIX_SOCKET_PATH = 107
 
 
 def _one_of(*choices: int) -> AfterValidator:
@@ -161,7 +157,6 @@ def _protocol_before(value: Any) -> Any:
     return value
 
 
-FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
 Id = Annotated[StrictStr, Field(pattern=ID_PATTERN)]
 FilePath = Annotated[Path, BeforeValidator(_non_empty_path), AfterValidator(_resolve_path)]
 Baudrate = Annotated[StrictInt, _one_of(*BAUDRATES), _int_enum(*BAUDRATES)]
@@ -561,6 +556,12 @@ class Config(ConfigModel):
         default_factory=list, description="Serial lines and TCP connections."
     )
     devices: list[DeviceConfig] = Field(default_factory=list, description="Devices to poll.")
+    status_socket: FilePath | None = Field(
+        default=None,
+        description="Unix socket on which `swm-edge status` asks the running agent for its "
+        "state; created mode 0660, so root and the agent's group can query it. Default: "
+        f"{DEFAULT_STATUS_SOCKET_NAME} in the buffer file's folder.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -575,3 +576,35 @@ class Config(ConfigModel):
             if isinstance(gw_id, str) and re.fullmatch(ID_PATTERN, gw_id):
                 return {**data, "mqtt": {**mqtt, "client_id": f"swm-edge-{gw_id}"}}
         return data
+
+    def status_socket_path(self) -> Path:
+        """Where the agent serves its status: ``status_socket``, else
+        ``swm-edge.sock`` in the buffer file's folder (under systemd, the StateDirectory)."""
+        if self.status_socket is not None:
+            return self.status_socket
+        return self.buffer.path.parent / DEFAULT_STATUS_SOCKET_NAME
+
+    @model_validator(mode="after")
+    def _status_socket_usable(self) -> Config:
+        # Checked here rather than when the agent binds the socket: a technician should
+        # learn it from `swm-edge validate`, not from a service that fails to start.
+        path = self.status_socket_path()
+        # The default is derived from buffer.path, so that is what the user must change.
+        field = "status_socket" if self.status_socket is not None else "buffer"
+        size = len(os.fsencode(path))
+        if size > MAX_UNIX_SOCKET_PATH:
+            what = (
+                f"status_socket {path} is"
+                if self.status_socket is not None
+                else f"the status socket defaults to {path} (next to buffer.path),"
+            )
+            raise field_error(
+                field,
+                f"{what} {size} bytes long; a Unix socket path may have at most "
+                f"{MAX_UNIX_SOCKET_PATH} bytes: set status_socket to a shorter path",
+            )
+        if path == self.buffer.path:
+            raise field_error(
+                field, f"the status socket {path} is the buffer file; set status_socket to another"
+            )
+        return self

@@ -6,14 +6,9 @@ it as is or derive from it. The core validates a device entry's non-core keys wi
 passing ``context={"bus": BusSpec}``, and reports its errors at the YAML positions of the
 keys they name.
 
-Conventions the config loader relies on (any driver model may use them):
-
-* Errors of a custom type (a :class:`~pydantic_core.PydanticCustomError` whose type is not
-  one of pydantic's) carry a complete message; the loader does not append the value.
-* An error about a relation between keys may name the other keys in
-  ``ctx["related"]`` (comma-separated dotted paths from the model's root). When the key the
-  error is at comes from a device profile, the loader reports it at the first related key
-  the device entry sets itself, since that is where the user can fix it.
+Its errors follow the conventions of :mod:`swm_edge.sdk_types` (custom error types with
+complete messages, the key a model validator's error is about in ``ctx["field"]``, related
+keys in ``ctx["related"]``), which any driver model may use.
 
 Types are strict on purpose: YAML guesses scalar types, and ``byte_swap: 1`` or
 ``address: "40001"`` are more likely typos than intent.
@@ -21,14 +16,12 @@ Types are strict on purpose: YAML guesses scalar types, and ``byte_swap: 1`` or
 
 from __future__ import annotations
 
-from typing import Annotated
+from functools import partial
 
 from pydantic import (
-    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
-    Strict,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -42,7 +35,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from swm_edge.modbus.codec import register_count
 from swm_edge.modbus.planner import MAX_READ_BITS, MAX_READ_REGISTERS
 from swm_edge.model import BusSpec, DataType, PointSpec, Table, WordOrder
-from swm_edge.units import Unit
+from swm_edge.sdk_types import POINT_NAME_PATTERN, FiniteFloat, PointName, Unit, field_error
 
 __all__ = [
     "ADDRESS_SPACE",
@@ -52,8 +45,6 @@ __all__ = [
     "ModbusPoint",
 ]
 
-#: Point names: safe as a JSON key, a topic level and an identifier in most query languages.
-POINT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 #: Addresses per Modbus table; a point's last register must lie below this.
 ADDRESS_SPACE = 0x10000
 #: Bus types that hand a driver a ModbusTransport.
@@ -61,13 +52,8 @@ MODBUS_BUS_TYPES = frozenset({"modbus-rtu", "modbus-tcp"})
 # Unit ids a device on an RTU line can have: 0 is broadcast, 248..255 are reserved.
 _RTU_UNITS = range(1, 248)
 
-FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
-PointName = Annotated[StrictStr, Field(pattern=POINT_NAME_PATTERN)]
-
-
-def _error(field: str, message: str) -> PydanticCustomError:
-    # The loader reads ctx.field to place a model validator's error at one of its keys.
-    return PydanticCustomError("modbus_config", message, {"field": field})
+# A model validator's error at one key; the type tells Modbus errors from the core's.
+_error = partial(field_error, error_type="modbus_config")
 
 
 class ModbusPoint(BaseModel):

@@ -18,14 +18,12 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import (
-    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
-    Strict,
     StrictInt,
     StrictStr,
     ValidationInfo,
@@ -39,11 +37,13 @@ from swm_edge.driver import (
     DeviceSpec,
     DeviceTimeout,
     Driver,
+    FiniteFloat,
+    PointName,
     PointValue,
     Reason,
     SerialTransport,
+    Unit,
 )
-from swm_edge.units import Unit
 
 __all__ = ["MyDevice", "MyDeviceDriver", "MyPoint", "parse_answer", "request_for"]
 
@@ -56,23 +56,20 @@ RAW_SERIAL_BUS_TYPES = frozenset({"serial", "sdi12", "mbus"})
 # The sensor answers within 50 ms (manual, 6.2.1); the rest of a poll is characters.
 TURNAROUND_SECONDS = 0.05
 
-# Point names as the core allows them: safe as a JSON key and an MQTT topic level.
-POINT_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
-Number = Annotated[float, Strict(), AllowInfNan(False)]
-
 
 class MyPoint(BaseModel):
     """One value of the sensor: the answer field it comes from, scaled."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: StrictStr = Field(pattern=POINT_NAME, description="Point name, unique per device.")
+    # The SDK's own field types, so names and numbers are checked as the core checks them.
+    name: PointName = Field(description="Point name, unique per device.")
     field: StrictStr = Field(
         pattern=r"^[A-Z]{1,4}$", description="Key of the value in the answer: L, T, ..."
     )
     unit: Unit | None = Field(default=None, description="Canonical unit of the value.")
-    scale: Number = Field(default=1.0, description="Value = raw * scale + offset.")
-    offset: Number = Field(default=0.0, description="Value = raw * scale + offset.")
+    scale: FiniteFloat = Field(default=1.0, description="Value = raw * scale + offset.")
+    offset: FiniteFloat = Field(default=0.0, description="Value = raw * scale + offset.")
     note: StrictStr | None = Field(
         default=None, description="Where in the manual the point is described (profiles)."
     )
@@ -96,7 +93,7 @@ class MyDevice(BaseModel):
         bus = info.context.get("bus") if isinstance(info.context, dict) else None
         if isinstance(bus, BusSpec) and bus.type not in RAW_SERIAL_BUS_TYPES:
             # A custom error type carries a whole message: the core prints it as it is,
-            # without appending the offending value (see swm_edge/modbus/config.py).
+            # without appending the offending value (see swm_edge.sdk_types).
             raise PydanticCustomError(
                 "mydevice_config",
                 "the LS-100 needs a raw serial bus (type serial, with the sensor's "
