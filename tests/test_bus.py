@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from swm_edge_hil.harness import SiteRunner, site_config
+from swm_edge_hil.harness import site_config
 from swm_edge_hil.site import DemoSite
 
 from swm_edge.agent import read_once
@@ -20,16 +20,6 @@ from swm_edge.model import Reading
 class _NoBroker:
     host = "127.0.0.1"
     port = free_port()
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[DemoSite]:
-    runner = SiteRunner(tick=0)
-    runner.site.freeze()
-    try:
-        yield runner.site
-    finally:
-        runner.close()
 
 
 def read(tmp_path: Path, site: DemoSite, backend: str) -> dict[str, Reading]:

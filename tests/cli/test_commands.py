@@ -6,11 +6,9 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from swm_edge_hil.harness import SiteRunner, site_config
+from swm_edge_hil.harness import site_config
 from swm_edge_hil.site import DemoSite
 
 from swm_edge import __version__
@@ -81,16 +79,6 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     result = swm_edge("validate", "--config", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert "nope.yaml" in result.stderr and "Traceback" not in result.stderr
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[DemoSite]:
-    runner = SiteRunner(tick=0)
-    runner.site.freeze()
-    try:
-        yield runner.site
-    finally:
-        runner.close()
 
 
 class _NoBroker:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from swm_edge_drivers.modbus import ModbusDriver
-from swm_edge_hil.harness import SiteRunner
 from swm_edge_hil.site import DemoSite
 
 from swm_edge.cli import init as init_module
@@ -278,16 +277,6 @@ def test_site_profiles_next_to_the_config_can_be_used(tmp_path: Path) -> None:
     loaded = load_config(tmp_path / "config.yaml")
     assert len(loaded.devices[0].points) == 6
     assert "KELLER AG Series 30" in (tmp_path / "config.yaml").read_text()
-
-
-@pytest.fixture
-def site() -> Iterator[DemoSite]:
-    runner = SiteRunner(tick=0)
-    runner.site.freeze()
-    try:
-        yield runner.site
-    finally:
-        runner.close()
 
 
 def test_a_config_from_init_reads_the_simulated_site(tmp_path: Path, site: DemoSite) -> None:

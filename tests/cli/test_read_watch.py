@@ -17,13 +17,12 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from swm_edge_hil.harness import SiteRunner, site_config
+from swm_edge_hil.harness import site_config
 from swm_edge_hil.site import DemoSite
 
 from swm_edge.broker import free_port
@@ -33,16 +32,6 @@ class _NoBroker:
     # read never connects to a broker; nothing listens here.
     host = "127.0.0.1"
     port = free_port()
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[DemoSite]:
-    runner = SiteRunner(tick=0)
-    runner.site.freeze()
-    try:
-        yield runner.site
-    finally:
-        runner.close()
 
 
 class Lines:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from swm_edge_hil.harness import GATEWAY, SiteRunner, site_config
+from swm_edge_hil.harness import GATEWAY, site_config
 from swm_edge_hil.site import DemoSite
 
 from swm_edge.broker import free_port
@@ -30,16 +30,6 @@ DEVICES = ("flow-1", "pressure-1", "quality-1")
 class _NoBroker:
     host = "127.0.0.1"
     port = free_port()
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[DemoSite]:
-    runner = SiteRunner(tick=0)
-    runner.site.freeze()
-    try:
-        yield runner.site
-    finally:
-        runner.close()
 
 
 @pytest.fixture
