@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -89,10 +89,17 @@ devices:
 class AgentProcess:
     """``swm-edge run`` in a subprocess, logging to a file."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(
+        self,
+        config: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        log_format: str = "text",
+        log_level: str = "debug",
+    ) -> None:
         self.log_path = config.with_suffix(f".{time.monotonic_ns()}.log")
         self._log = self.log_path.open("wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -102,13 +109,13 @@ class AgentProcess:
                 "--config",
                 str(config),
                 "--log-format",
-                "text",
+                log_format,
                 "--log-level",
-                "debug",
+                log_level,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=full_env,
         )
 
     def stop(self, timeout: float = 20) -> int:

@@ -11,13 +11,16 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from swm_edge.buffer import Buffer
 from swm_edge.bus import Bus
-from swm_edge.config import LoadedConfig
+from swm_edge.config import ConfigError, LoadedConfig, load_config
 from swm_edge.driver import load_driver
-from swm_edge.model import DeviceSpec, Reading
+from swm_edge.lograte import FailureLog
+from swm_edge.model import BusSpec, DeviceSpec, Reading
+from swm_edge.notify import Notifier
 from swm_edge.publish.encoders import encode_json_v1
 from swm_edge.publish.mqtt import BrokerSettings, Destination
 from swm_edge.scheduler import DevicePoller, Sink
@@ -28,6 +31,12 @@ log = logging.getLogger(__name__)
 
 # How long a stop waits for polls in flight (a serial poll with retries can take seconds).
 STOP_GRACE = 10.0
+# A poller without progress for this long (or longer, see DevicePoller.stall_limit) is hung.
+STALL_MIN = 300.0
+# A buffer write that has not returned after this long means the storage hangs.
+SPOOL_STALL = 120.0
+# Seconds between STATUS= updates when no watchdog asks for more.
+STATUS_EVERY = 5.0
 
 
 def broker_settings(loaded: LoadedConfig) -> BrokerSettings:
@@ -56,9 +65,9 @@ def broker_settings(loaded: LoadedConfig) -> BrokerSettings:
     )
 
 
-def _with_bus_defaults(device: DeviceSpec, bus: Bus) -> DeviceSpec:
+def _with_bus_defaults(device: DeviceSpec, bus: BusSpec) -> DeviceSpec:
     if device.timeout is None:
-        return dataclasses.replace(device, timeout=bus.spec.timeout)
+        return dataclasses.replace(device, timeout=bus.timeout)
     return device
 
 
@@ -71,17 +80,38 @@ def build_pollers(
         if device_ids and device.id not in device_ids:
             continue
         bus = buses[device.bus]
-        device = _with_bus_defaults(device, bus)
+        device = _with_bus_defaults(device, bus.spec)
         driver = load_driver(device.driver)(device)
         pollers.append(DevicePoller(device, driver, bus, sink))
     return pollers
 
 
-class Agent:
-    """One running gateway: buses, pollers, the buffer and the MQTT destination."""
+@dataclass
+class _Poll:
+    """A poller with its own stop signal, so a reload can stop one device alone."""
 
-    def __init__(self, loaded: LoadedConfig) -> None:
+    poller: DevicePoller
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+class Agent:
+    """One running gateway: buses, pollers, the buffer and the MQTT destination.
+
+    It tells the service manager (``notifier``) when it is ready, what it is doing and,
+    while every part of the data path makes progress, that it is alive (the watchdog).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        notifier: Notifier | None = None,
+        stall_min: float = STALL_MIN,
+    ) -> None:
         self.loaded = loaded
+        self.notifier = notifier if notifier is not None else Notifier({})
+        self.stall_min = stall_min
         cfg = loaded.config
         path = Path(cfg.buffer.path)
         max_bytes = int(cfg.buffer.max_mb * 1024 * 1024)
@@ -92,53 +122,64 @@ class Agent:
 
         self.spool = Spool(open_buffer)
         self.buses = {spec.id: Bus(spec) for spec in loaded.buses}
-        self.pollers = build_pollers(loaded, self.buses, self.spool.put)
+        self._polls: dict[str, _Poll] = {}
         self.destination = Destination(
             "default", broker_settings(loaded), self.spool, encode_json_v1
         )
+        self._publish_task: asyncio.Task[None] | None = None
+        self._spool_task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
         self.started = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self.reloads = 0  # applied reloads, for the status command and the tests
+        self.watchdog_log = FailureLog(log, "watchdog")
         # Wall clock for display, monotonic for the uptime (a clock step must not change it).
         self.started_wall = time.time()
         self.started_monotonic = time.monotonic()
         self.status = StatusServer(cfg.status_socket_path(), lambda: agent_snapshot(self))
 
+    @property
+    def pollers(self) -> list[DevicePoller]:
+        """The device pollers, in config order."""
+        return [p.poller for p in self._polls.values()]
+
     async def run(self) -> None:
         """Run until :meth:`stop` is called; then finish polls in flight and shut down."""
         await self.spool.open()
-        tasks: list[asyncio.Task[None]] = []
+        supervisor: asyncio.Task[None] | None = None
         try:
             # First, before any line is opened: a second agent on the same config stops
             # here (AgentRunningError) instead of fighting the first for its serial ports.
             await self.status.start()
             for bus in self.buses.values():
                 await bus.start()
-            tasks.append(asyncio.create_task(self.spool.run(), name="spool"))
-            tasks.append(asyncio.create_task(self.destination.run(), name="publish"))
-            polls = [
-                asyncio.create_task(p.run(self.stopping), name=f"poll-{p.device.id}")
-                for p in self.pollers
-            ]
+            self._spool_task = asyncio.create_task(self.spool.run(), name="spool")
+            self._publish_task = asyncio.create_task(self.destination.run(), name="publish")
+            for poller in build_pollers(self.loaded, self.buses, self.spool.put):
+                self._start_poll(poller)
             self.started.set()
             log.info(
                 "agent %s running: %d buses, %d devices",
                 self.loaded.config.gateway.id,
                 len(self.buses),
-                len(self.pollers),
+                len(self._polls),
             )
-            await self.stopping.wait()
-            if polls:
-                _done, late = await asyncio.wait(polls, timeout=STOP_GRACE)
-                for task in late:
-                    task.cancel()
+            self.notifier.ready(self.summary())
+            supervisor = asyncio.create_task(self._supervise(), name="supervisor")
+            while not self.stopping.is_set():
+                await _first(self.stopping, self._reload_requested)
+                if self._reload_requested.is_set() and not self.stopping.is_set():
+                    self._reload_requested.clear()
+                    await self._reload()
+            self.notifier.stopping()
+            await self._stop_polls(list(self._polls))
             await self.spool.drain()
         finally:
+            if supervisor is not None:
+                supervisor.cancel()
             await self.destination.close()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for task in (self._publish_task, self._spool_task, supervisor):
+                await _cancelled(task)
             for bus in self.buses.values():
                 await bus.stop()
             # Stopped last but one, so `swm-edge status` still answers while polls finish
@@ -150,6 +191,176 @@ class Agent:
     def stop(self) -> None:
         """Ask the agent to stop (safe from a signal handler on the loop)."""
         self.stopping.set()
+
+    def request_reload(self) -> None:
+        """Ask the agent to read its config file again (SIGHUP)."""
+        self._reload_requested.set()
+
+    # ---- pollers ----------------------------------------------------------------------
+    def _start_poll(self, poller: DevicePoller) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop), name=f"poll-{poller.device.id}")
+        self._polls[poller.device.id] = _Poll(poller, stop, task)
+
+    async def _stop_polls(self, device_ids: Sequence[str]) -> None:
+        """Stop these pollers: a poll in flight is finished and its reading queued."""
+        polls = [self._polls.pop(i) for i in device_ids]
+        for poll in polls:
+            poll.stop.set()
+        if polls:
+            _done, late = await asyncio.wait([p.task for p in polls], timeout=STOP_GRACE)
+            for task in late:
+                task.cancel()
+                await _cancelled(task)
+
+    # ---- reload -----------------------------------------------------------------------
+    async def _reload(self) -> None:
+        path = self.loaded.path
+        log.info("reloading the config from %s", path)
+        self.notifier.reloading()
+        try:
+            loaded = await asyncio.to_thread(load_config, path)
+            settings = broker_settings(loaded)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("%s", issue)
+            log.error(
+                "config reload failed: %d error(s) in %s; still running on the previous config",
+                len(exc.issues),
+                path,
+            )
+        except (OSError, LookupError) as exc:  # password file or variable missing
+            log.error("config reload failed: %s; still running on the previous config", exc)
+        else:
+            await self.apply(loaded, settings)
+        self.notifier.ready(self.summary())
+
+    async def apply(self, loaded: LoadedConfig, settings: BrokerSettings | None = None) -> None:
+        """Switch to a new, validated config without restarting: changed buses and devices
+        are replaced (their polls in flight finished first), the MQTT session is kept when
+        the broker settings did not change, and the buffer is kept as it is."""
+        old = self.loaded.config
+        new = loaded.config
+        for what, before, after in (
+            ("buffer.path", old.buffer.path, new.buffer.path),
+            ("status socket", old.status_socket_path(), new.status_socket_path()),
+        ):
+            if before != after:
+                log.warning(
+                    "%s changed (%s -> %s): applies after a restart", what, before, after
+                )
+        if new.buffer.max_mb != old.buffer.max_mb:
+            await self.spool.set_max_bytes(int(new.buffer.max_mb * 1024 * 1024))
+
+        new_buses = {spec.id: spec for spec in loaded.buses}
+        gone_buses = [i for i, bus in self.buses.items() if new_buses.get(i) != bus.spec]
+        wanted = {d.id: d for d in loaded.devices}
+        stale = []  # devices to stop: removed, changed, or on a bus that changed
+        for device_id, poll in self._polls.items():
+            device = wanted.get(device_id)
+            if (
+                device is None
+                or poll.poller.device.bus in gone_buses
+                or _with_bus_defaults(device, new_buses[device.bus]) != poll.poller.device
+            ):
+                stale.append(device_id)
+        await self._stop_polls(stale)
+        for bus_id in gone_buses:
+            await self.buses.pop(bus_id).stop()
+        for spec in loaded.buses:
+            if spec.id not in self.buses:
+                self.buses[spec.id] = bus = Bus(spec)
+                await bus.start()
+        self.loaded = loaded
+        fresh = [d.id for d in loaded.devices if d.id not in self._polls]
+        for poller in build_pollers(loaded, self.buses, self.spool.put, fresh):
+            self._start_poll(poller)
+        # Keep the devices in config order (the status command lists them that way).
+        self._polls = {d.id: self._polls[d.id] for d in loaded.devices}
+
+        settings = settings if settings is not None else broker_settings(loaded)
+        if settings != self.destination.settings:
+            log.info("mqtt settings changed: reconnecting")
+            await self.destination.close()
+            await _cancelled(self._publish_task)
+            self.destination = Destination("default", settings, self.spool, encode_json_v1)
+            self._publish_task = asyncio.create_task(self.destination.run(), name="publish")
+        self.reloads += 1
+        log.info(
+            "config reloaded: %d buses, %d devices (%d restarted, %d removed, %d added)",
+            len(self.buses),
+            len(self._polls),
+            len([i for i in stale if i in wanted]),
+            len([i for i in stale if i not in wanted]),
+            len([i for i in fresh if i not in stale]),
+        )
+
+    # ---- health -----------------------------------------------------------------------
+    def summary(self) -> str:
+        """One line for ``systemctl status``."""
+        pollers = self.pollers
+        offline = sum(1 for p in pollers if p.stats.offline)
+        down = sum(1 for b in self.buses.values() if not b.line.is_open)
+        mqtt = "connected" if self.destination.stats.connected else "disconnected"
+        return (
+            f"{len(pollers)} devices ({offline} offline) on {len(self.buses)} buses "
+            f"({down} down); mqtt {mqtt}"
+        )
+
+    def stalled(self) -> str | None:
+        """Why the data path is not making progress, or None when it is."""
+        now = time.monotonic()
+        for name, task in (("publisher", self._publish_task), ("buffer writer", self._spool_task)):
+            if task is not None and task.done():
+                return f"the {name} task ended"
+        if (age := self.spool.busy_for(now)) > SPOOL_STALL:
+            return f"a buffer write has not returned for {age:.0f} s"
+        for poll in self._polls.values():
+            poller = poll.poller
+            if poll.task.done():
+                return f"the poller of device {poller.device.id} ended"
+            age = now - poller.heartbeat
+            if age > poller.stall_limit(self.stall_min):
+                return f"device {poller.device.id}: no progress for {age:.0f} s"
+        return None
+
+    async def _supervise(self) -> None:
+        """Ping the watchdog while the data path makes progress; keep STATUS= current."""
+        interval = self.notifier.watchdog_interval
+        # Three pings per watchdog period: one late tick must not cost a restart.
+        tick = min(interval / 3, STATUS_EVERY) if interval else STATUS_EVERY
+        last_status = ""
+        while True:
+            await asyncio.sleep(tick)
+            problem = self.stalled()
+            if problem is None:
+                if interval:
+                    self.notifier.watchdog()
+                self.watchdog_log.success()
+            else:
+                self.watchdog_log.failure(
+                    problem, "not pinging the watchdog, so systemd restarts the service"
+                )
+            line = self.summary() if problem is None else f"stalled: {problem}"
+            if line != last_status:
+                self.notifier.status(line)
+                last_status = line
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def _cancelled(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def read_once(loaded: LoadedConfig, device_ids: Sequence[str] = ()) -> list[Reading]:

@@ -35,6 +35,7 @@ from swm_edge.driver import (
     ReadError,
     SerialTransport,
 )
+from swm_edge.lograte import FailureLog
 from swm_edge.model import BusSpec, Table
 
 log = logging.getLogger(__name__)
@@ -570,6 +571,7 @@ class Bus:
         self._wait = tenacity.wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max)
         self.opens = 0  # times the line was (re)opened: status and tests
         self.last_error: str | None = None
+        self.failures = FailureLog(log, f"bus {spec.id}")
 
     async def start(self) -> None:
         """Try to open the line now; if that fails, keep trying in the background."""
@@ -617,8 +619,7 @@ class Bus:
                 await asyncio.sleep(remaining)
 
     def _note_down(self, message: str) -> None:
-        if message != self.last_error:
-            log.warning("bus %s: %s", self.spec.id, message)
+        self.failures.failure(message, "reopening in the background with backoff")
         self.last_error = message
 
     def _line_failed(self) -> None:
@@ -641,7 +642,7 @@ class Bus:
                     self._note_down(str(exc))
                 else:
                     self.opens += 1
-                    log.info("bus %s: line open (after %d attempts)", self.spec.id, attempt)
+                    self.failures.success()
                     self.last_error = None
                     return
             await asyncio.sleep(self._backoff(attempt))

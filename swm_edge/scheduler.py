@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from swm_edge.bus import Bus
 from swm_edge.driver import Driver, ReadError
+from swm_edge.lograte import FailureLog
 from swm_edge.model import DeviceSpec, PointValue, Quality, Reading, Reason
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,16 @@ class DevicePoller:
         self._overrun_logged_at: float | None = None
         # Names and units of the points a driver that discovers them last reported.
         self._discovered: dict[str, str | None] = {}
+        self.failures = FailureLog(log, f"device {device.id}")
+        # Monotonic time the run loop last came round: the watchdog's sign of progress.
+        self.heartbeat = time.monotonic()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Poll until ``stopping`` is set; a poll in flight is finished and delivered."""
         interval = self.device.interval
         slot = next_slot(self.clock(), interval)
         while not stopping.is_set():
+            self.heartbeat = time.monotonic()
             delay = slot - self.clock()
             if delay > interval + MAX_SLEEP:
                 # The wall clock went back: realign rather than wait out the jump.
@@ -107,6 +112,14 @@ class DevicePoller:
                 self._overrun(missed)
                 following += missed * interval
             slot = following
+
+    def stall_limit(self, floor: float) -> float:
+        """How long one turn of the run loop may take before the poller counts as hung:
+        at least ``floor``, more for slow devices (every point a request timing out on every
+        attempt, plus three intervals of waiting for the bus)."""
+        d = self.device
+        worst_poll = (1 + d.retries) * ((d.timeout or 1.0) + d.request_delay) * len(d.points)
+        return max(floor, 3 * d.interval + worst_poll)
 
     def _overrun(self, missed: int) -> None:
         self.stats.overruns += missed
@@ -132,9 +145,9 @@ class DevicePoller:
             self.stats.polls += 1
             self.stats.errors += 1
             self.stats.last_read = ts
-            return Reading(
-                self.device.id, ts, self._all_bad(self.stats.last_error or Reason.TIMEOUT)
-            )
+            reason = self.stats.last_error or Reason.TIMEOUT
+            self.failures.failure(reason)
+            return Reading(self.device.id, ts, self._all_bad(reason))
         points = await self._read_with_retries()
         return self._record(ts, points)
 
@@ -190,25 +203,18 @@ class DevicePoller:
         else:
             stats.last_quality = Quality.GOOD
             stats.good_polls += 1
-            if stats.offline:
-                log.info(
-                    "device %s: answering again after %d failed polls",
-                    self.device.id,
-                    stats.consecutive_failures,
-                )
+            self.failures.success()
             stats.offline = False
             stats.consecutive_failures = 0
         return Reading(self.device.id, ts, points)
 
     def _back_off(self) -> None:
         stats = self.stats
-        if not stats.offline:
-            log.warning(
-                "device %s: no valid answer in %d polls (%s); backing off",
-                self.device.id,
-                stats.consecutive_failures,
-                stats.last_error,
-            )
+        self.failures.failure(
+            stats.last_error or Reason.TIMEOUT,
+            f"no valid answer in {stats.consecutive_failures} polls; backing off "
+            "(every slot still yields a bad reading)",
+        )
         stats.offline = True
         excess = stats.consecutive_failures - self.device.offline_after
         delay = min(self.device.interval * 2 ** min(excess, 30), self.device.offline_backoff_max)

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 # syslog priorities by logging level, for journald's "<N>" line prefixes (sd-daemon(3)).
@@ -45,10 +46,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+def stderr_is_journal() -> bool:
+    """Whether stderr is the journal stream systemd connected (sd_journal_stream_fd(3)):
+    ``$JOURNAL_STREAM`` holds its ``device:inode``; a child that inherited the variable
+    but writes elsewhere (a pipe, a terminal) must not get ``<N>`` prefixes."""
+    try:
+        dev, ino = (int(x) for x in os.environ["JOURNAL_STREAM"].split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (KeyError, ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
 def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     """Log to stderr: journald prefixes under systemd, JSON on request, else plain text."""
     if fmt == "auto":
-        fmt = "journal" if os.environ.get("JOURNAL_STREAM") else "text"
+        fmt = "journal" if stderr_is_journal() else "text"
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "journal":
         handler.setFormatter(JournalFormatter("%(message)s"))
@@ -63,14 +76,9 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
-def install_stop_handlers(stop: Any) -> None:
-    """SIGTERM and SIGINT call ``stop()``; SIGHUP is acknowledged and ignored for now."""
+def install_signal_handlers(stop: Callable[[], None], reload: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT call ``stop()``; SIGHUP (``systemctl reload``) calls ``reload()``."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    loop.add_signal_handler(
-        signal.SIGHUP,
-        lambda: logging.getLogger(__name__).warning(
-            "SIGHUP: reloading the config in place is not supported yet; restart to apply changes"
-        ),
-    )
+    loop.add_signal_handler(signal.SIGHUP, reload)

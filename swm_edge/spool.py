@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -40,6 +41,7 @@ class Spool:
         self._linger = linger
         self._listeners: list[asyncio.Event] = []
         self.committed = 0
+        self._busy_since: float | None = None  # monotonic start of the write in progress
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -59,6 +61,25 @@ class Spool:
         self._listeners.append(event)
         return event
 
+    def unlisten(self, event: asyncio.Event) -> None:
+        """Stop setting an event returned by :meth:`listen` (its publisher is gone)."""
+        if event in self._listeners:
+            self._listeners.remove(event)
+
+    def busy_for(self, now: float) -> float:
+        """Seconds the buffer write in progress has taken so far (0 when idle): a write that
+        never returns means the storage hangs, which the watchdog must notice."""
+        return 0.0 if self._busy_since is None else now - self._busy_since
+
+    async def set_max_bytes(self, max_bytes: int) -> None:
+        """Change the buffer's size bound (a config reload); the next commit applies it."""
+        buffer = self.buffer
+
+        def change() -> None:
+            buffer.max_bytes = max_bytes
+
+        await self._run(change)
+
     async def put(self, reading: Reading) -> None:
         """Queue a reading for the next commit (the scheduler's sink)."""
         await self._queue.put(reading)
@@ -76,7 +97,11 @@ class Spool:
         while len(batch) < self._batch_max and not self._queue.empty():
             batch.append(self._queue.get_nowait())
         buffer = self.buffer
-        await self._run(lambda: buffer.append(batch))
+        self._busy_since = time.monotonic()
+        try:
+            await self._run(lambda: buffer.append(batch))
+        finally:
+            self._busy_since = None
         self.committed += len(batch)
         for event in self._listeners:
             event.set()

@@ -77,14 +77,15 @@ def run(config_path: Path, log_level: str, log_format: str) -> None:
     """Run the agent until SIGTERM or Ctrl-C."""
     from swm_edge.agent import Agent
     from swm_edge.buffer import BufferFileError
-    from swm_edge.service import install_stop_handlers, setup_logging
+    from swm_edge.notify import Notifier
+    from swm_edge.service import install_signal_handlers, setup_logging
 
     loaded = load_or_exit(config_path)
     setup_logging(log_level, log_format)
 
     async def _main() -> None:
-        agent = Agent(loaded)
-        install_stop_handlers(agent.stop)
+        agent = Agent(loaded, notifier=Notifier())
+        install_signal_handlers(agent.stop, agent.request_reload)
         await agent.run()
 
     try:

@@ -33,6 +33,7 @@ from paho.mqtt.properties import Properties
 
 from swm_edge import __version__
 from swm_edge.buffer import Row
+from swm_edge.lograte import FailureLog
 from swm_edge.model import Reading
 from swm_edge.spool import Spool
 
@@ -119,6 +120,7 @@ class Destination:
         self._stop = threading.Event()
         self._session_ok = False  # network thread only: did the last connection get a CONNACK
         self._thread: threading.Thread | None = None
+        self.failures = FailureLog(log, f"mqtt {name}")
         self._wait = tenacity.wait_exponential_jitter(
             multiplier=settings.reconnect_min, max=settings.reconnect_max
         )
@@ -198,7 +200,11 @@ class Destination:
         self.stats.connects += 1
         self.stats.connected_since = time.time()
         self.stats.last_error = None
-        log.info("mqtt %s: connected to %s:%d", self.name, self.settings.host, self.settings.port)
+        if self.stats.connects == 1:
+            log.info(
+                "mqtt %s: connected to %s:%d", self.name, self.settings.host, self.settings.port
+            )
+        self.failures.success()
         status = {
             "state": "online",
             "gateway": self.settings.gateway_id,
@@ -218,8 +224,8 @@ class Destination:
         unacked = sorted(self._inflight.values(), key=lambda r: r.seq)
         self._inflight.clear()
         self._resend = unacked + self._resend
-        if was_connected:
-            log.warning("mqtt %s: connection lost (%s)", self.name, reason)
+        if was_connected and not self._stop.is_set():  # a close is not a failure
+            self.failures.failure(f"connection lost ({reason})", "reconnecting with backoff")
         self._wake.set()
 
     def _on_published(self, generation: int, mid: int) -> None:
@@ -255,6 +261,7 @@ class Destination:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, timeout)
         await self.flush_acks()
+        self.spool.unlisten(self._wake)
 
     # ---- network thread -----------------------------------------------------------
     def _new_client(self, generation: int) -> paho.Client:
@@ -299,8 +306,7 @@ class Destination:
         return client
 
     def _note_error(self, message: str) -> None:
-        if message != self.stats.last_error:
-            log.warning("mqtt %s: %s", self.name, message)
+        self.failures.failure(message, "retrying with backoff; readings stay in the buffer")
         self.stats.last_error = message
 
     def _network_main(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from swm_edge_hil.harness import AgentProcess, SiteRunner
@@ -23,12 +24,13 @@ def site(tmp_path: Path) -> Iterator[DemoSite]:
 
 
 @pytest.fixture
-def run_agent() -> Iterator[Callable[[Path], AgentProcess]]:
-    """``start(config) -> AgentProcess``; anything still running at teardown is killed."""
+def run_agent() -> Iterator[Callable[..., AgentProcess]]:
+    """``start(config, **options) -> AgentProcess``; anything still running at teardown is
+    killed."""
     started: list[AgentProcess] = []
 
-    def start(config: Path) -> AgentProcess:
-        agent = AgentProcess(config)
+    def start(config: Path, **options: Any) -> AgentProcess:
+        agent = AgentProcess(config, **options)
         started.append(agent)
         return agent
 
