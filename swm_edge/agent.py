@@ -16,6 +16,7 @@ from pathlib import Path
 
 from swm_edge.buffer import Buffer
 from swm_edge.bus import Bus
+from swm_edge.clock import ClockMonitor
 from swm_edge.config import ConfigError, LoadedConfig, load_config
 from swm_edge.driver import load_driver
 from swm_edge.lograte import FailureLog
@@ -71,10 +72,24 @@ def _with_bus_defaults(device: DeviceSpec, bus: BusSpec) -> DeviceSpec:
     return device
 
 
+def clock_monitor(loaded: LoadedConfig) -> ClockMonitor:
+    """The wall-clock watcher as configured (``clock:``)."""
+    cfg = loaded.config.clock
+    if cfg.require_sync:
+        return ClockMonitor(step_threshold=cfg.step_threshold)
+    return ClockMonitor(step_threshold=cfg.step_threshold, synchronized=lambda: None)
+
+
 def build_pollers(
-    loaded: LoadedConfig, buses: dict[str, Bus], sink: Sink, device_ids: Sequence[str] = ()
+    loaded: LoadedConfig,
+    buses: dict[str, Bus],
+    sink: Sink,
+    device_ids: Sequence[str] = (),
+    clock: ClockMonitor | None = None,
 ) -> list[DevicePoller]:
-    """A poller per configured device (or per listed id), each with its driver."""
+    """A poller per configured device (or per listed id), each with its driver; readings
+    are stamped by ``clock`` (default: one built from the config)."""
+    clock = clock if clock is not None else clock_monitor(loaded)
     pollers = []
     for device in loaded.devices:
         if device_ids and device.id not in device_ids:
@@ -82,7 +97,7 @@ def build_pollers(
         bus = buses[device.bus]
         device = _with_bus_defaults(device, bus.spec)
         driver = load_driver(device.driver)(device)
-        pollers.append(DevicePoller(device, driver, bus, sink))
+        pollers.append(DevicePoller(device, driver, bus, sink, stamp=clock.stamp))
     return pollers
 
 
@@ -121,6 +136,7 @@ class Agent:
             return Buffer(path, max_bytes=max_bytes, destinations=["default"])
 
         self.spool = Spool(open_buffer)
+        self.clock = clock_monitor(loaded)
         self.buses = {spec.id: Bus(spec) for spec in loaded.buses}
         self._polls: dict[str, _Poll] = {}
         self.destination = Destination(
@@ -155,7 +171,7 @@ class Agent:
                 await bus.start()
             self._spool_task = asyncio.create_task(self.spool.run(), name="spool")
             self._publish_task = asyncio.create_task(self.destination.run(), name="publish")
-            for poller in build_pollers(self.loaded, self.buses, self.spool.put):
+            for poller in build_pollers(self.loaded, self.buses, self.spool.put, clock=self.clock):
                 self._start_poll(poller)
             self.started.set()
             log.info(
@@ -246,9 +262,7 @@ class Agent:
             ("status socket", old.status_socket_path(), new.status_socket_path()),
         ):
             if before != after:
-                log.warning(
-                    "%s changed (%s -> %s): applies after a restart", what, before, after
-                )
+                log.warning("%s changed (%s -> %s): applies after a restart", what, before, after)
         if new.buffer.max_mb != old.buffer.max_mb:
             await self.spool.set_max_bytes(int(new.buffer.max_mb * 1024 * 1024))
 
@@ -273,7 +287,11 @@ class Agent:
                 await bus.start()
         self.loaded = loaded
         fresh = [d.id for d in loaded.devices if d.id not in self._polls]
-        for poller in build_pollers(loaded, self.buses, self.spool.put, fresh):
+        if new.clock != old.clock:
+            self.clock = clock_monitor(loaded)
+            for poll in self._polls.values():
+                poll.poller.stamp = self.clock.stamp
+        for poller in build_pollers(loaded, self.buses, self.spool.put, fresh, self.clock):
             self._start_poll(poller)
         # Keep the devices in config order (the status command lists them that way).
         self._polls = {d.id: self._polls[d.id] for d in loaded.devices}
@@ -302,9 +320,10 @@ class Agent:
         offline = sum(1 for p in pollers if p.stats.offline)
         down = sum(1 for b in self.buses.values() if not b.line.is_open)
         mqtt = "connected" if self.destination.stats.connected else "disconnected"
+        clock = "" if self.clock.snapshot()["trusted"] else "; clock not synchronised"
         return (
             f"{len(pollers)} devices ({offline} offline) on {len(self.buses)} buses "
-            f"({down} down); mqtt {mqtt}"
+            f"({down} down); mqtt {mqtt}{clock}"
         )
 
     def stalled(self) -> str | None:

@@ -33,6 +33,16 @@ Other processes
     ``export``), next to a running agent or on a copied file; :func:`purge_file` deletes old
     rows from another process (``swm-edge buffer purge``) in short transactions, so the agent's
     writer waits for the lock a few milliseconds at most.
+
+Schema changes
+    ``PRAGMA user_version`` (:data:`SCHEMA_VERSION`) rises only for a change an older version
+    could not read or write correctly; such a file is refused by older versions. A nullable
+    column that older versions simply do not name (they list their columns in every INSERT
+    and SELECT) is added in place instead, without a new version, so that going back to an
+    older swm-edge keeps its buffer: ``clock`` (the reading's clock flag, added after 0.1.0)
+    is one. :class:`Buffer` adds a missing one when it opens a file (``ALTER TABLE … ADD
+    COLUMN``: a change of the schema text only, no row is rewritten); :class:`BufferReader`,
+    which never writes, reads NULL for it.
 """
 
 from __future__ import annotations
@@ -146,9 +156,14 @@ _SCHEMA = (
     " pending INTEGER NOT NULL,"
     " device_id TEXT NOT NULL,"
     " ts REAL,"
-    " points TEXT NOT NULL)",
+    " points TEXT NOT NULL,"
+    " clock TEXT)",
     "INSERT INTO meta (key, value) VALUES ('dropped', '0')",
 )
+# Columns of ``readings`` added after files with SCHEMA_VERSION 1 were first written (see
+# "Schema changes" in the module docs), with their declaration: NULL in the rows stored before.
+# clock: Reading.clock, NULL when the clock was trusted (nearly always: costs one header byte).
+_ADDED_COLUMNS = {"clock": "clock TEXT"}
 
 _GOOD = Quality.GOOD
 # One encoder for every call: json.dumps with non-default options builds a new one each time.
@@ -289,6 +304,9 @@ class Buffer:
                     conn.execute(stmt)
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            missing = _ADDED_COLUMNS.keys() - _readings_columns(conn)
+            for column in sorted(missing):
+                conn.execute(f"ALTER TABLE readings ADD COLUMN {_ADDED_COLUMNS[column]}")
             deleted, added = self._sync_destinations(names)
         self._dropped = int(self._meta("dropped") or 0)
         self._purged = int(self._meta("purged") or 0)
@@ -490,8 +508,11 @@ class Buffer:
         per_row = _ROW_OVERHEAD + _INDEX_ENTRY * len(self._bits)
         for r in readings:
             points = _encode_points(r.points)
-            rows.append((self._all_mask, r.device_id, r.ts, points))
+            clock = r.clock
+            rows.append((self._all_mask, r.device_id, r.ts, points, clock))
             needed += per_row + len(points.encode()) + len(r.device_id.encode())
+            if clock is not None:
+                needed += len(clock.encode())
         avg = max(1, needed // len(rows))
         conn = self._conn
         dropped = 0
@@ -502,7 +523,8 @@ class Buffer:
                 # and drop more if needed.
                 dropped += self._make_room(self.max_bytes - needed, avg)
                 conn.executemany(
-                    "INSERT INTO readings (pending, device_id, ts, points) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO readings (pending, device_id, ts, points, clock) "
+                    "VALUES (?, ?, ?, ?, ?)",
                     rows,
                 )
                 last: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
@@ -540,8 +562,11 @@ class Buffer:
         with self._translate_errors():
             rows = self._conn.execute(self._fetch_sql(bit, mask), (after_seq, limit)).fetchall()
         return [
-            Row(seq, Reading(device_id, math.nan if ts is None else ts, _decode_points(points)))
-            for seq, device_id, ts, points in rows
+            Row(
+                seq,
+                Reading(device_id, math.nan if ts is None else ts, _decode_points(points), clock),
+            )
+            for seq, device_id, ts, points, clock in rows
         ]
 
     @staticmethod
@@ -549,7 +574,7 @@ class Buffer:
         # INDEXED BY makes SQLite fail loudly rather than silently fall back to a scan; the
         # WHERE term must read exactly like the partial index's for the index to apply.
         return (
-            "SELECT seq, device_id, ts, points FROM readings "
+            "SELECT seq, device_id, ts, points, clock FROM readings "
             f"INDEXED BY readings_pending_{bit} "
             f"WHERE pending & {mask} != 0 AND seq > ? ORDER BY seq LIMIT ?"
         )
@@ -827,6 +852,11 @@ def _require_buffer_file(path: Path) -> os.stat_result:
     return st
 
 
+def _readings_columns(conn: sqlite3.Connection) -> set[str]:
+    """The column names of the ``readings`` table."""
+    return {row[1] for row in conn.execute("PRAGMA table_info(readings)")}
+
+
 def _check_buffer_schema(conn: sqlite3.Connection, path: Path) -> int:
     """The schema version of an existing buffer; raises unless it is one this code reads."""
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -911,9 +941,13 @@ class BufferReader:
             self._conn = self._connect()
             try:
                 self.schema_version = _check_buffer_schema(self._conn, self.path)
+                # A file no agent of this version has opened yet lacks the added columns;
+                # this never writes, so it reads them as NULL.
+                columns = _readings_columns(self._conn)
             except BaseException:
                 self._conn.close()
                 raise
+        self._clock_column = "clock" if "clock" in columns else "NULL"
 
     def _connect(self) -> sqlite3.Connection:
         params = {"mode": "ro", "immutable": "1"} if self.immutable else {"mode": "ro"}
@@ -1066,7 +1100,7 @@ class BufferReader:
         """
         where, args = self._time_filter(since, until)
         sql = (
-            "SELECT seq, device_id, ts, points FROM readings "
+            f"SELECT seq, device_id, ts, points, {self._clock_column} FROM readings "
             f"WHERE seq > ? AND seq <= ?{where} ORDER BY seq LIMIT ?"
         )
         with self._errors():
@@ -1075,9 +1109,12 @@ class BufferReader:
         while top is not None:
             with self._errors():
                 page = self._conn.execute(sql, (after, top, *args, chunk)).fetchall()
-            for seq, device_id, ts, points in page:
+            for seq, device_id, ts, points, clock in page:
                 yield Row(
-                    seq, Reading(device_id, math.nan if ts is None else ts, _decode_points(points))
+                    seq,
+                    Reading(
+                        device_id, math.nan if ts is None else ts, _decode_points(points), clock
+                    ),
                 )
             if len(page) < chunk:
                 break

@@ -111,11 +111,19 @@ class PointValue:
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One poll of one device: every point's value at time ``ts`` (UTC epoch seconds)."""
+    """One poll of one device: every point's value at time ``ts`` (UTC epoch seconds).
+
+    ``clock`` says whether ``ts`` can be trusted: ``None`` when the wall clock was trusted
+    at the poll, ``"unsynchronized"`` (:data:`swm_edge.clock.UNSYNCHRONIZED`) when it was
+    not (the kernel reported no NTP sync, or it showed an impossible date such as 1970), so
+    ``ts`` is only approximate. The values are as good as any; consumers order such readings
+    by ``seq``, not by ``ts``. Published as the wire contract's ``clock`` field.
+    """
 
     device_id: str
     ts: float
     points: Mapping[str, PointValue]
+    clock: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

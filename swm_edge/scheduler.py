@@ -73,12 +73,15 @@ class DevicePoller:
         sink: Sink,
         *,
         clock: Callable[[], float] = time.time,
+        stamp: Callable[[], tuple[float, str | None]] | None = None,
     ) -> None:
         self.device = device
         self.driver = driver
         self.bus = bus
         self.sink = sink
         self.clock = clock
+        # The time of a reading and the clock's trust flag (swm_edge.clock.ClockMonitor).
+        self.stamp = stamp if stamp is not None else lambda: (clock(), None)
         self.stats = DeviceStats()
         self._retry_at = 0.0  # monotonic time before which a backed-off device is skipped
         self._overrun_logged_at: float | None = None
@@ -138,7 +141,7 @@ class DevicePoller:
 
     async def poll_once(self) -> Reading:
         """Read the device now (with retries), or report why not."""
-        ts = self.clock()
+        ts, clock_flag = self.stamp()
         if self.stats.offline and time.monotonic() < self._retry_at:
             # Backed off: explain the slot without spending line time on it.
             self.stats.skipped_offline += 1
@@ -147,9 +150,9 @@ class DevicePoller:
             self.stats.last_read = ts
             reason = self.stats.last_error or Reason.TIMEOUT
             self.failures.failure(reason)
-            return Reading(self.device.id, ts, self._all_bad(reason))
+            return Reading(self.device.id, ts, self._all_bad(reason), clock_flag)
         points = await self._read_with_retries()
-        return self._record(ts, points)
+        return self._record(ts, points, clock_flag)
 
     async def _read_with_retries(self) -> dict[str, PointValue]:
         attempts = 1 + self.device.retries
@@ -185,7 +188,7 @@ class DevicePoller:
             points = {DEVICE_POINT: None}
         return {name: PointValue.bad(reason, unit) for name, unit in points.items()}
 
-    def _record(self, ts: float, points: dict[str, PointValue]) -> Reading:
+    def _record(self, ts: float, points: dict[str, PointValue], clock_flag: str | None) -> Reading:
         stats = self.stats
         stats.polls += 1
         stats.last_read = ts
@@ -206,7 +209,7 @@ class DevicePoller:
             self.failures.success()
             stats.offline = False
             stats.consecutive_failures = 0
-        return Reading(self.device.id, ts, points)
+        return Reading(self.device.id, ts, points, clock_flag)
 
     def _back_off(self) -> None:
         stats = self.stats

@@ -40,7 +40,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
@@ -50,6 +50,7 @@ from typing_extensions import TypedDict
 
 from swm_edge import __version__
 from swm_edge.buffer import BufferStats
+from swm_edge.clock import ClockSnapshot
 from swm_edge.model import DeviceSpec
 from swm_edge.publish.encoders.json_v1 import iso_ms
 from swm_edge.publish.mqtt import DestinationStats
@@ -67,6 +68,8 @@ __all__ = [
     "BufferStatus",
     "BusState",
     "BusStatus",
+    "ClockStatus",
+    "ClockStepStatus",
     "DeviceStatus",
     "MqttStatus",
     "NoAgentError",
@@ -164,8 +167,34 @@ class BusStatus(TypedDict):
 
 
 @with_config(ConfigDict(extra="allow"))
+class ClockStepStatus(TypedDict):
+    """The last step of the wall clock: seconds (+ forward) and when (ISO 8601, new time)."""
+
+    size_s: float
+    at: str | None
+
+
+@with_config(ConfigDict(extra="allow"))
+class ClockStatus(TypedDict):
+    """The wall clock (see :class:`~swm_edge.clock.ClockMonitor`).
+
+    ``synchronized``: the kernel's word (``None``: unknown); ``trusted``: readings taken now
+    are not flagged; ``flagged_readings``: readings flagged ``unsynchronized`` since start.
+    """
+
+    synchronized: bool | None
+    trusted: bool
+    steps: int
+    last_step: ClockStepStatus | None
+    flagged_readings: int
+
+
+@with_config(ConfigDict(extra="allow"))
 class StatusSnapshot(TypedDict):
-    """What ``swm-edge status --json`` prints. Times are ISO 8601 UTC, ages in seconds."""
+    """What ``swm-edge status --json`` prints. Times are ISO 8601 UTC, ages in seconds.
+
+    ``clock`` is missing from an agent that does not watch its clock (older versions).
+    """
 
     gateway: str
     version: str
@@ -177,6 +206,7 @@ class StatusSnapshot(TypedDict):
     buffer: BufferStatus
     devices: dict[str, DeviceStatus]
     buses: dict[str, BusStatus]
+    clock: NotRequired[ClockStatus]
 
 
 @functools.cache
@@ -221,12 +251,14 @@ def build_snapshot(
     devices: Iterable[tuple[DeviceSpec, DeviceStats]],
     buses: Mapping[str, BusState],
     buffer_error: str | None = None,
+    clock: ClockSnapshot | None = None,
 ) -> StatusSnapshot:
     """The agent's state as a JSON-ready mapping (pure: no clock, no I/O).
 
     ``started`` and ``now`` are wall-clock times; ``uptime_s`` comes from a monotonic clock
     so a clock step does not change it. ``buffer`` is ``None`` when its figures could not
-    be read, with the reason in ``buffer_error``.
+    be read, with the reason in ``buffer_error``. ``clock`` is the clock monitor's
+    snapshot; without it the snapshot has no ``clock`` section.
     """
     device_docs: dict[str, DeviceStatus] = {}
     for spec, stats in devices:
@@ -244,7 +276,7 @@ def build_snapshot(
             "consecutive_failures": stats.consecutive_failures,
             "last_error": stats.last_error,
         }
-    return {
+    snap: StatusSnapshot = {
         "gateway": gateway_id,
         "version": __version__,
         "pid": pid,
@@ -281,6 +313,16 @@ def build_snapshot(
             for bus_id, state in buses.items()
         },
     }
+    if clock is not None:
+        step = clock["last_step"]
+        snap["clock"] = {
+            "synchronized": clock["synchronized"],
+            "trusted": clock["trusted"],
+            "steps": clock["steps"],
+            "last_step": None if step is None else {"size_s": step["size_s"], "at": step["at"]},
+            "flagged_readings": clock["flagged_readings"],
+        }
+    return snap
 
 
 async def agent_snapshot(agent: Agent) -> StatusSnapshot:
@@ -296,6 +338,11 @@ async def agent_snapshot(agent: Agent) -> StatusSnapshot:
     except Exception as exc:  # a failing disk is exactly what a status must still show
         buffer_error = f"cannot read the buffer's figures: {exc}"
     settings = agent.destination.settings
+    # getattr: the clock monitor is optional for this module (an agent built without one
+    # reports no clock section). Its snapshot is cheap (at most one adjtimex) and never
+    # raises for a clock problem: that is what it reports.
+    monitor = getattr(agent, "clock", None)
+    clock: ClockSnapshot | None = None if monitor is None else monitor.snapshot()
     return build_snapshot(
         gateway_id=agent.loaded.config.gateway.id,
         pid=os.getpid(),
@@ -313,6 +360,7 @@ async def agent_snapshot(agent: Agent) -> StatusSnapshot:
             for bus_id, bus in agent.buses.items()
         },
         buffer_error=buffer_error,
+        clock=clock,
     )
 
 

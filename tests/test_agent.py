@@ -12,7 +12,8 @@ from swm_edge_hil.harness import site_config
 from swm_edge_hil.site import DemoSite
 
 from swm_edge import agent as agent_module
-from swm_edge.agent import Agent
+from swm_edge.agent import Agent, clock_monitor
+from swm_edge.clock import kernel_clock_synchronized
 from swm_edge.config import load_config
 from swm_edge.notify import Notifier
 from swm_edge.testing import Mosquitto
@@ -117,3 +118,22 @@ def test_reload_changes_the_buffer_bound_and_warns_about_what_needs_a_restart(
         for r in caplog.records
     )
     assert (tmp_path / "buffer.sqlite").exists() and not (tmp_path / "elsewhere.sqlite").exists()
+
+
+@pytest.mark.parametrize("require_sync", [True, False])
+def test_the_clock_section_decides_what_is_flagged(tmp_path: Path, require_sync: bool) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "gateway: {id: gw-1}\nmqtt: {host: 127.0.0.1}\n"
+        f"buffer: {{path: {tmp_path / 'b.sqlite'}}}\n"
+        f"clock: {{require_sync: {str(require_sync).lower()}, step_threshold: 5}}\n"
+    )
+    monitor = clock_monitor(load_config(config))
+    assert monitor.step_threshold == 5
+    ts, flag = monitor.stamp()
+    assert abs(ts - time.time()) < 1
+    kernel = kernel_clock_synchronized()
+    if require_sync and kernel is False:
+        assert flag == "unsynchronized"  # this machine's kernel says: no NTP sync
+    else:
+        assert flag is None

@@ -273,3 +273,19 @@ def test_wall_clock_jump_does_not_stall_polling(jump: float) -> None:
     after = [r for r in out[3:]]
     assert len(after) >= 6
     assert all(abs(r.ts - (time.time() + jump)) < 2.0 for r in after[-2:])
+
+
+def test_readings_carry_the_stamp_time_and_clock_flag() -> None:
+    stamps = iter([(12.0, "unsynchronized"), (1_795_000_000.0, None)])
+
+    async def main() -> list[Reading]:
+        dev = device("d", 1.0, retries=0, offline_after=1, offline_backoff_max=60)
+        drv = ScriptedDriver(dev, [DeviceTimeout()])
+        p = DevicePoller(dev, drv, bus(), sink=None, stamp=lambda: next(stamps))  # type: ignore[arg-type]
+        # a failed poll (backed off at once), then a skipped slot: both stamped
+        return [await p.poll_once(), await p.poll_once()]
+
+    first, second = asyncio.run(main())
+    assert (first.ts, first.clock) == (12.0, "unsynchronized")
+    assert (second.ts, second.clock) == (1_795_000_000.0, None)
+    assert second.points["level"].error == "timeout"

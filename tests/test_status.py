@@ -19,6 +19,7 @@ import pytest
 
 from swm_edge import __version__, status
 from swm_edge.buffer import BufferStats
+from swm_edge.clock import ClockMonitor, ClockSnapshot
 from swm_edge.config import ConfigError, load_config
 from swm_edge.model import DeviceSpec
 from swm_edge.publish.mqtt import DestinationStats
@@ -187,6 +188,101 @@ def test_snapshot_holds_no_secret(tmp_path: Path) -> None:
     text = json.dumps(snap)
     assert "s3cret" not in text and "gw-user-1" not in text and "pw" not in text
     assert snap["mqtt"]["host"] == "127.0.0.1" and snap["buffer"]["depth"] == 0
+
+
+CLOCK: ClockSnapshot = {
+    "synchronized": False,
+    "trusted": False,
+    "steps": 2,
+    "last_step": {"size_s": 1234.5, "at": "2026-11-18T11:07:00.000Z"},
+    "flagged_readings": 17,
+}
+
+
+def test_snapshot_clock_section() -> None:
+    assert "clock" not in snapshot()  # an agent without a clock monitor
+    snap = snapshot(clock=CLOCK)
+    assert snap["clock"] == CLOCK
+    assert json.loads(json.dumps(snap, allow_nan=False)) == snap
+    never: ClockSnapshot = {**CLOCK, "steps": 0, "last_step": None}
+    assert snapshot(clock=never)["clock"]["last_step"] is None
+
+
+def test_agent_snapshot_takes_the_agents_clock_monitor(tmp_path: Path) -> None:
+    from swm_edge.agent import Agent
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "gateway: {id: gw-1}\nmqtt: {host: 127.0.0.1, port: 1}\n"
+        f"buffer: {{path: {tmp_path / 'b.sqlite'}}}\n"
+    )
+    agent = Agent(load_config(config))
+    wall = [12.5]  # booted in 1970, the kernel says unsynchronised
+
+    def synced() -> bool | None:
+        return wall[0] > 1e9
+
+    # The monotonic clock stands still: only the step moves the wall clock.
+    agent.clock = ClockMonitor(  # type: ignore[attr-defined]
+        wall=lambda: wall[0], mono=lambda: 50.0, synchronized=synced
+    )
+
+    async def take() -> tuple[StatusSnapshot, StatusSnapshot, StatusSnapshot]:
+        await agent.spool.open()
+        try:
+            agent.clock.stamp()  # type: ignore[attr-defined]
+            before = await status.agent_snapshot(agent)
+            wall[0] = T0  # NTP steps the clock
+            agent.clock.stamp()  # type: ignore[attr-defined]
+            after = await status.agent_snapshot(agent)
+            agent.clock = None  # type: ignore[attr-defined]
+            without = await status.agent_snapshot(agent)
+            return before, after, without
+        finally:
+            await agent.spool.close()
+
+    before, after, without = asyncio.run(take())
+    assert before["clock"] == {
+        "synchronized": False,
+        "trusted": False,
+        "steps": 0,
+        "last_step": None,
+        "flagged_readings": 1,
+    }
+    assert after["clock"] == {
+        "synchronized": True,
+        "trusted": True,
+        "steps": 1,
+        "last_step": {"size_s": round(T0 - 12.5, 3), "at": "2026-11-18T11:06:40.000Z"},
+        "flagged_readings": 1,
+    }
+    assert "clock" not in without
+
+
+def test_clock_section_over_the_socket_is_checked(tmp_path: Path) -> None:
+    async def make() -> StatusSnapshot:
+        return snapshot(clock=CLOCK)
+
+    runner = ServerThread(tmp_path / "swm-edge.sock", make)
+    runner.call(runner.server.start())
+    try:
+        checked, raw = request_status(runner.server.path)
+        assert checked["clock"] == raw["clock"] == CLOCK
+    finally:
+        runner.close()
+
+    async def bad() -> StatusSnapshot:
+        snap = snapshot(clock=CLOCK)
+        snap["clock"]["steps"] = "two"  # type: ignore[typeddict-item]
+        return snap
+
+    runner = ServerThread(tmp_path / "swm-edge.sock", bad)
+    runner.call(runner.server.start())
+    try:
+        with pytest.raises(StatusError, match=r"unexpected status from the agent at clock\.steps"):
+            request_status(runner.server.path)
+    finally:
+        runner.close()
 
 
 # ---- the server and the client ------------------------------------------------------

@@ -34,7 +34,18 @@ __all__ = ["CSV_COLUMNS", "buffer", "export_rows", "parse_time"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Columns of ``export --format csv``: one row per point value.
-CSV_COLUMNS = ("seq", "gateway", "device", "ts", "point", "value", "unit", "quality", "error")
+CSV_COLUMNS = (
+    "seq",
+    "gateway",
+    "device",
+    "ts",
+    "point",
+    "value",
+    "unit",
+    "quality",
+    "error",
+    "clock",
+)
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -243,11 +254,15 @@ def export_rows(
                         item.get("unit", ""),
                         item["quality"],
                         item.get("error", ""),
+                        reading.clock or "",
                     )
                 )
             continue
         head = {"gateway": gateway} if gateway is not None else {}
-        msg = {**head, "device": reading.device_id, "seq": row.seq, "ts": ts, "readings": doc}
+        msg = {**head, "device": reading.device_id, "seq": row.seq, "ts": ts}
+        if reading.clock is not None:  # as the wire contract has it
+            msg["clock"] = reading.clock
+        msg["readings"] = doc
         try:
             line = _JSON.encode(msg)
         except ValueError:

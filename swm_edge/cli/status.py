@@ -16,6 +16,7 @@ from rich.text import Text
 from swm_edge.cli import config_option, load_or_exit
 from swm_edge.status import (
     BufferStatus,
+    ClockStatus,
     MqttStatus,
     NoAgentError,
     StatusError,
@@ -96,6 +97,30 @@ def _buffer_line(b: BufferStatus) -> Text:
     return line
 
 
+def _clock_line(c: ClockStatus) -> Text:
+    line = Text("Clock: ")
+    flagged = c["flagged_readings"]
+    if c["trusted"]:
+        if c["synchronized"]:
+            line.append("synchronised", style="green")
+        else:
+            # No word from the kernel (a container, say), but the date is plausible.
+            line.append("trusted (synchronisation status unknown)")
+        if flagged:
+            line.append(f"; {flagged} readings were flagged unsynchronized before")
+    else:
+        why = "NOT synchronised" if c["synchronized"] is False else "NOT trusted (date too early)"
+        line.append(why, style="bold red")
+        line.append(f": readings are flagged unsynchronized ({flagged} so far)")
+    steps = c["steps"]
+    if steps:
+        line.append(f"; {steps} step{'s' if steps != 1 else ''}")
+        last = c["last_step"]
+        if last is not None:
+            line.append(f", last {last['size_s']:+.1f} s at {last['at'] or '?'}")
+    return line
+
+
 def render(console: Console, snap: StatusSnapshot) -> None:
     """Print a snapshot as a few lines and two tables."""
     console.print(
@@ -106,6 +131,8 @@ def render(console: Console, snap: StatusSnapshot) -> None:
     )
     console.print(_mqtt_line(snap["mqtt"]))
     console.print(_buffer_line(snap["buffer"]))
+    if "clock" in snap:  # an older agent has no clock section
+        console.print(_clock_line(snap["clock"]))
     # Fits an 80-column terminal for the usual ids; a long last error folds onto a
     # second line rather than pushing the counters off screen.
     devices = RichTable(
@@ -172,7 +199,8 @@ def render(console: Console, snap: StatusSnapshot) -> None:
 )
 def status(config_path: Path, as_json: bool, timeout: float) -> None:
     """Ask the agent running with this config for its state: uptime, broker connection,
-    each device's last read, quality and errors, buffer depth and age, dropped readings.
+    each device's last read, quality and errors, buffer depth and age, dropped readings,
+    whether the clock is synchronised (readings taken while it is not are flagged).
 
     The agent answers on its status socket (status_socket in the config; default:
     swm-edge.sock next to the buffer), mode 0660: run as root or as a member of the

@@ -340,6 +340,25 @@ class BufferConfig(ConfigModel):
     )
 
 
+class ClockConfig(ConfigModel):
+    """How far the gateway's wall clock is trusted for timestamping readings."""
+
+    require_sync: bool = Field(
+        default=True,
+        description="Flag readings `clock: unsynchronized` while the kernel reports the clock "
+        "as not synchronised by NTP (adjtimex). Set false on gateways whose clock is set by "
+        "other means (a GPS or a disciplined RTC, with no NTP client); a clock earlier than "
+        "this software's release is flagged either way.",
+    )
+    step_threshold: FiniteFloat = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="Seconds the wall clock may move against the monotonic clock between "
+        "two readings before it counts (and is logged) as a step.",
+    )
+
+
 class _BusConfig(ConfigModel):
     """What every bus has: an id, a default answer timeout and a pause between requests."""
 
@@ -552,6 +571,7 @@ class Config(ConfigModel):
     gateway: GatewayConfig = Field(description="This gateway.")
     mqtt: MqttConfig = Field(description="The MQTT broker.")
     buffer: BufferConfig = Field(default=BufferConfig(), description="Local buffer.")
+    clock: ClockConfig = Field(default=ClockConfig(), description="Trust in the wall clock.")
     buses: list[BusConfig] = Field(
         default_factory=list, description="Serial lines and TCP connections."
     )

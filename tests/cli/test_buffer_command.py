@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from swm_edge.broker import free_port
-from swm_edge.buffer import Buffer, BufferReader
-from swm_edge.cli.buffer import CSV_COLUMNS, parse_time
+from swm_edge.buffer import Buffer, BufferReader, Row
+from swm_edge.cli.buffer import CSV_COLUMNS, export_rows, parse_time
 from swm_edge.model import PointValue, Quality, Reading, Reason
 from swm_edge.testing import ModbusTcpDeviceFactory, RunningAgent
 from swm_edge.testing import write_config as write_agent_config
@@ -526,3 +526,18 @@ def test_export_and_purge_next_to_the_real_agent(
         assert agent.stop() == 0
     log = agent.log()
     assert "Traceback" not in log and "locked" not in log
+
+
+def test_export_keeps_the_clock_flag() -> None:
+    flagged = Reading("flow-1", 12.0, {"flow": PointValue.good(1.5, "m3/h")}, "unsynchronized")
+    trusted = Reading("flow-1", 1_795_000_000.0, {"flow": PointValue.good(1.5, "m3/h")})
+    rows = [Row(1, flagged), Row(2, trusted)]
+    out = io.StringIO()
+    export_rows(rows, out, "jsonl", GATEWAY)
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert docs[0]["clock"] == "unsynchronized" and "clock" not in docs[1]
+    assert list(docs[0]) == ["gateway", "device", "seq", "ts", "clock", "readings"]
+    out = io.StringIO()
+    export_rows(rows, out, "csv", GATEWAY)
+    table = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [r["clock"] for r in table] == ["unsynchronized", ""]

@@ -3,6 +3,7 @@ publishing to a real mosquitto: what it reports is what happens."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -18,10 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from swm_edge_hil.harness import GATEWAY, site_config
 from swm_edge_hil.site import DemoSite
 
 from swm_edge.broker import free_port
+from swm_edge.buffer import BufferStats
+from swm_edge.cli.status import render
+from swm_edge.clock import ClockSnapshot
+from swm_edge.publish.mqtt import DestinationStats
+from swm_edge.status import build_snapshot
 from swm_edge.testing import Mosquitto, MqttCollector, RunningAgent
 
 DEVICES = ("flow-1", "pressure-1", "quality-1")
@@ -157,6 +164,13 @@ def test_status_reports_what_the_agent_does(
     # The table, for a person.
     table = swm_edge("status", "--config", config)
     assert table.returncode == 0, table.stderr
+    if "clock" in doc:  # an agent that watches its clock (this machine's kernel decides)
+        assert re.search(r"^Clock: ", table.stdout, re.M), table.stdout
+        flagged = [m.get("clock") for m in sub.json_messages()]
+        if doc["clock"]["trusted"] and doc["clock"]["flagged_readings"] == 0:
+            assert set(flagged) == {None}
+        elif not doc["clock"]["trusted"]:
+            assert "unsynchronized" in flagged
     assert f"gateway {GATEWAY}" in table.stdout and "connected" in table.stdout
     assert "pressure-1" in table.stdout and "rs485-1" in table.stdout
     assert re.search(r"^Buffer: \d+ readings waiting", table.stdout, re.M), table.stdout
@@ -252,3 +266,74 @@ def test_a_second_agent_on_the_same_config_refuses_to_start(
     after = wait_status(config, first, lambda s: s["devices"]["flow-1"]["polls"] > before)
     assert after["pid"] == first.proc.pid
     assert first.stop() == 0
+
+
+# ---- the clock line, rendered from a snapshot (no agent needed) ---------------------------
+
+
+def rendered(clock: ClockSnapshot | None) -> str:
+    snap = build_snapshot(
+        gateway_id="gw-1",
+        pid=1,
+        started=1_795_000_000.0,
+        now=1_795_000_100.0,
+        uptime_s=100.0,
+        broker_host="127.0.0.1",
+        broker_port=1883,
+        mqtt=DestinationStats(),
+        buffer=BufferStats(depth=0, oldest_ts=None, dropped=0, size_bytes=4096),
+        queued=0,
+        devices=[],
+        buses={},
+        clock=clock,
+    )
+    out = io.StringIO()
+    render(Console(file=out, width=200, highlight=False), snap)
+    return out.getvalue()
+
+
+def clock_line(clock: ClockSnapshot | None) -> str | None:
+    lines = [line for line in rendered(clock).splitlines() if line.startswith("Clock:")]
+    assert len(lines) <= 1
+    return lines[0] if lines else None
+
+
+def test_clock_line() -> None:
+    base: ClockSnapshot = {
+        "synchronized": True,
+        "trusted": True,
+        "steps": 0,
+        "last_step": None,
+        "flagged_readings": 0,
+    }
+    assert clock_line(None) is None  # an agent of a version without the clock monitor
+    assert clock_line(base) == "Clock: synchronised"
+    assert clock_line({**base, "synchronized": None}) == (
+        "Clock: trusted (synchronisation status unknown)"
+    )
+    assert clock_line(
+        {**base, "synchronized": False, "trusted": False, "flagged_readings": 12}
+    ) == ("Clock: NOT synchronised: readings are flagged unsynchronized (12 so far)")
+    assert clock_line({**base, "synchronized": None, "trusted": False, "flagged_readings": 3}) == (
+        "Clock: NOT trusted (date too early): readings are flagged unsynchronized (3 so far)"
+    )
+    synced_after_boot: ClockSnapshot = {
+        "synchronized": True,
+        "trusted": True,
+        "steps": 2,
+        "last_step": {"size_s": 1234.5, "at": "2026-11-23T04:00:10.000Z"},
+        "flagged_readings": 40,
+    }
+    assert clock_line(synced_after_boot) == (
+        "Clock: synchronised; 40 readings were flagged unsynchronized before; 2 steps, "
+        "last +1234.5 s at 2026-11-23T04:00:10.000Z"
+    )
+    back: ClockSnapshot = {
+        **base,
+        "steps": 1,
+        "last_step": {"size_s": -3600.0, "at": "2026-11-23T03:00:10.000Z"},
+    }
+    assert (
+        clock_line(back)
+        == "Clock: synchronised; 1 step, last -3600.0 s at 2026-11-23T03:00:10.000Z"
+    )

@@ -187,6 +187,7 @@ def test_relative_paths_resolve_against_the_config_directory(
       password_file: secrets/mqtt.pw
       tls: {ca_file: certs/ca.pem, cert_file: ../shared/gw.pem, key_file: /abs/gw.key}
     buffer: {path: data/buffer.sqlite}
+    status_socket: /run/swm-edge/status.sock
     """
     path = write(tmp_path, text, "etc/swm-edge/site.yaml")
     elsewhere = tmp_path / "cwd"

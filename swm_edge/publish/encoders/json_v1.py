@@ -30,14 +30,21 @@ def readings_doc(reading: Reading) -> dict[str, dict[str, Any]]:
 
 
 def encode(gateway_id: str, seq: int, reading: Reading) -> bytes:
-    """The v1 JSON payload of one device poll."""
-    doc = {
+    """The v1 JSON payload of one device poll.
+
+    ``clock`` (e.g. ``"unsynchronized"``) is there only when the reading carries a clock
+    flag: absent means the gateway trusted its clock, and payloads of trusted readings stay
+    byte for byte what they were before the field existed.
+    """
+    doc: dict[str, Any] = {
         "gateway": gateway_id,
         "device": reading.device_id,
         "seq": seq,
         "ts": iso_ms(reading.ts),
-        "readings": readings_doc(reading),
     }
+    if reading.clock is not None:
+        doc["clock"] = reading.clock
+    doc["readings"] = readings_doc(reading)
     # allow_nan=False: a NaN here would be a driver bug; failing loudly beats sending
     # a payload that strict JSON parsers at the backend reject.
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
