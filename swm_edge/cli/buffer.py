@@ -259,7 +259,7 @@ def export_rows(
                 )
             continue
         head = {"gateway": gateway} if gateway is not None else {}
-        msg = {**head, "device": reading.device_id, "seq": row.seq, "ts": ts}
+        msg: dict[str, Any] = {**head, "device": reading.device_id, "seq": row.seq, "ts": ts}
         if reading.clock is not None:  # as the wire contract has it
             msg["clock"] = reading.clock
         msg["readings"] = doc
