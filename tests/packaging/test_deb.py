@@ -36,6 +36,8 @@ from typing import Any
 
 import pytest
 
+from swm_edge.testing import unavailable
+
 # One worker runs the whole module (pytest-xdist --dist loadgroup), so the package is built once.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("deb")]
 
@@ -60,26 +62,15 @@ INVALID_CONFIG = VALID_CONFIG.replace("interval: 10", "interval: -5")
 VALIDATE = ("/usr/bin/swm-edge", "validate", "--config", "/etc/swm-edge/config.yaml")
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _unavailable(reason: str) -> None:
-    """Skip locally; in CI a missing prerequisite is a failure, not a silent skip."""
-    if _ci():
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-    pytest.skip(reason)
-
-
 def _require_tools(*tools: str) -> None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
-        _unavailable(f"missing {', '.join(missing)} (apt-get install debhelper dpkg-dev ...)")
+        unavailable(f"missing {', '.join(missing)} (apt-get install debhelper dpkg-dev ...)")
 
 
 def _require_root() -> None:
     if os.geteuid() != 0:
-        _unavailable("installing the package into a throwaway root needs root (mount, chroot)")
+        unavailable("installing the package into a throwaway root needs root (mount, chroot)")
     _require_tools(*TOOLS)
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from swm_edge.testing import unavailable
+
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd/swm-edge.service"
 SYSUSERS = REPO / "systemd/swm-edge.sysusers"
@@ -37,27 +39,17 @@ TMPFILES = REPO / "systemd/swm-edge.tmpfiles"
 MAX_EXPOSURE = 2.5
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _unavailable(reason: str) -> None:
-    if _ci():
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-    pytest.skip(reason)
-
-
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        _unavailable(f"{name} is not installed (apt-get install systemd)")
+        unavailable(f"{name} is not installed (apt-get install systemd)")
     assert path is not None
     return path
 
 
 def _root_needed() -> None:
     if os.geteuid() != 0:
-        _unavailable("systemd-tmpfiles --root sets owners: needs root")
+        unavailable("systemd-tmpfiles --root sets owners: needs root")
 
 
 def _run(cmd: Sequence[str | Path]) -> subprocess.CompletedProcess[str]:
