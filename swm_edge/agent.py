@@ -22,8 +22,8 @@ from swm_edge.driver import load_driver
 from swm_edge.lograte import FailureLog
 from swm_edge.model import BusSpec, DeviceSpec, Reading
 from swm_edge.notify import Notifier
-from swm_edge.publish.encoders import encode_json_v1
 from swm_edge.publish.mqtt import BrokerSettings, Destination
+from swm_edge.publish.wire import make_wire
 from swm_edge.scheduler import DevicePoller, Sink
 from swm_edge.spool import Spool
 from swm_edge.status import StatusServer, agent_snapshot
@@ -40,30 +40,41 @@ SPOOL_STALL = 120.0
 STATUS_EVERY = 5.0
 
 
-def broker_settings(loaded: LoadedConfig) -> BrokerSettings:
-    """The publisher's settings from the config, with the password read from its file/env."""
+def broker_settings(loaded: LoadedConfig) -> list[BrokerSettings]:
+    """Each destination's settings from the config, passwords read from their file/env."""
     cfg = loaded.config
-    m = cfg.mqtt
-    tls = m.tls
-    return BrokerSettings(
-        host=m.host,
-        port=m.port,
-        client_id=m.client_id,
-        gateway_id=cfg.gateway.id,
-        topic_prefix=m.topic_prefix,
-        username=m.username,
-        password=m.read_password(),
-        tls=tls is not None,
-        ca_file=str(tls.ca_file) if tls is not None and tls.ca_file else None,
-        cert_file=str(tls.cert_file) if tls is not None and tls.cert_file else None,
-        key_file=str(tls.key_file) if tls is not None and tls.key_file else None,
-        qos=m.qos,
-        keepalive=m.keepalive,
-        protocol=str(m.protocol),
-        inflight=m.inflight,
-        reconnect_min=m.reconnect_min,
-        reconnect_max=m.reconnect_max,
-    )
+    out = []
+    for m in cfg.destinations:
+        tls = m.tls
+        (host, port), *more = m.endpoints()
+        spb = m.sparkplug
+        out.append(
+            BrokerSettings(
+                host=host,
+                port=port,
+                fallback_hosts=tuple(more),
+                name=m.name,
+                payload=m.payload,
+                sparkplug_group_id=spb.group_id if spb is not None else None,
+                sparkplug_edge_node_id=(spb.edge_node_id or cfg.gateway.id) if spb else None,
+                client_id=m.client_id,
+                gateway_id=cfg.gateway.id,
+                topic_prefix=m.topic_prefix,
+                username=m.username,
+                password=m.read_password(),
+                tls=tls is not None,
+                ca_file=str(tls.ca_file) if tls is not None and tls.ca_file else None,
+                cert_file=str(tls.cert_file) if tls is not None and tls.cert_file else None,
+                key_file=str(tls.key_file) if tls is not None and tls.key_file else None,
+                qos=m.qos,
+                keepalive=m.keepalive,
+                protocol=str(m.protocol),
+                inflight=m.inflight,
+                reconnect_min=m.reconnect_min,
+                reconnect_max=m.reconnect_max,
+            )
+        )
+    return out
 
 
 def _with_bus_defaults(device: DeviceSpec, bus: BusSpec) -> DeviceSpec:
@@ -130,19 +141,21 @@ class Agent:
         cfg = loaded.config
         path = Path(cfg.buffer.path)
         max_bytes = int(cfg.buffer.max_mb * 1024 * 1024)
+        destinations = broker_settings(loaded)
 
         def open_buffer() -> Buffer:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return Buffer(path, max_bytes=max_bytes, destinations=["default"])
+            return Buffer(path, max_bytes=max_bytes, destinations=[d.name for d in destinations])
 
         self.spool = Spool(open_buffer)
         self.clock = clock_monitor(loaded)
         self.buses = {spec.id: Bus(spec) for spec in loaded.buses}
         self._polls: dict[str, _Poll] = {}
-        self.destination = Destination(
-            "default", broker_settings(loaded), self.spool, encode_json_v1
-        )
-        self._publish_task: asyncio.Task[None] | None = None
+        self._state_dir = path.parent
+        self.destinations = {
+            d.name: Destination(d, self.spool, make_wire(d, self._state_dir)) for d in destinations
+        }
+        self._publish_tasks: dict[str, asyncio.Task[None]] = {}
         self._spool_task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
         self.started = asyncio.Event()
@@ -170,7 +183,8 @@ class Agent:
             for bus in self.buses.values():
                 await bus.start()
             self._spool_task = asyncio.create_task(self.spool.run(), name="spool")
-            self._publish_task = asyncio.create_task(self.destination.run(), name="publish")
+            for destination in self.destinations.values():
+                self._start_destination(destination)
             for poller in build_pollers(self.loaded, self.buses, self.spool.put, clock=self.clock):
                 self._start_poll(poller)
             self.started.set()
@@ -193,8 +207,9 @@ class Agent:
         finally:
             if supervisor is not None:
                 supervisor.cancel()
-            await self.destination.close()
-            for task in (self._publish_task, self._spool_task, supervisor):
+            for name in list(self.destinations):
+                await self._stop_destination(name)
+            for task in (self._spool_task, supervisor):
                 await _cancelled(task)
             for bus in self.buses.values():
                 await bus.stop()
@@ -211,6 +226,24 @@ class Agent:
     def request_reload(self) -> None:
         """Ask the agent to read its config file again (SIGHUP)."""
         self._reload_requested.set()
+
+    @property
+    def destination(self) -> Destination:
+        """The first destination (the one a single ``mqtt:`` mapping configures)."""
+        return next(iter(self.destinations.values()))
+
+    # ---- destinations -----------------------------------------------------------------
+    def _start_destination(self, destination: Destination) -> None:
+        self.destinations[destination.name] = destination
+        self._publish_tasks[destination.name] = asyncio.create_task(
+            destination.run(), name=f"publish-{destination.name}"
+        )
+
+    async def _stop_destination(self, name: str) -> None:
+        """Say goodbye on the wire, disconnect cleanly, stop delivering."""
+        destination = self.destinations.pop(name)
+        await destination.close()
+        await _cancelled(self._publish_tasks.pop(name, None))
 
     # ---- pollers ----------------------------------------------------------------------
     def _start_poll(self, poller: DevicePoller) -> None:
@@ -251,7 +284,9 @@ class Agent:
             await self.apply(loaded, settings)
         self.notifier.ready(self.summary())
 
-    async def apply(self, loaded: LoadedConfig, settings: BrokerSettings | None = None) -> None:
+    async def apply(
+        self, loaded: LoadedConfig, settings: list[BrokerSettings] | None = None
+    ) -> None:
         """Switch to a new, validated config without restarting: changed buses and devices
         are replaced (their polls in flight finished first), the MQTT session is kept when
         the broker settings did not change, and the buffer is kept as it is."""
@@ -296,13 +331,9 @@ class Agent:
         # Keep the devices in config order (the status command lists them that way).
         self._polls = {d.id: self._polls[d.id] for d in loaded.devices}
 
-        settings = settings if settings is not None else broker_settings(loaded)
-        if settings != self.destination.settings:
-            log.info("mqtt settings changed: reconnecting")
-            await self.destination.close()
-            await _cancelled(self._publish_task)
-            self.destination = Destination("default", settings, self.spool, encode_json_v1)
-            self._publish_task = asyncio.create_task(self.destination.run(), name="publish")
+        await self._apply_destinations(
+            settings if settings is not None else broker_settings(loaded)
+        )
         self.reloads += 1
         log.info(
             "config reloaded: %d buses, %d devices (%d restarted, %d removed, %d added)",
@@ -313,13 +344,36 @@ class Agent:
             len([i for i in fresh if i not in stale]),
         )
 
+    async def _apply_destinations(self, settings: list[BrokerSettings]) -> None:
+        """Keep the destinations whose settings did not change (their sessions stay up),
+        replace the changed ones, stop removed ones and start new ones."""
+        wanted = {s.name: s for s in settings}
+        for name, destination in list(self.destinations.items()):
+            if wanted.get(name) != destination.settings:
+                if name in wanted:
+                    log.info("mqtt %s: settings changed, reconnecting", name)
+                else:
+                    log.info("mqtt %s: removed; its undelivered readings are discarded", name)
+                await self._stop_destination(name)
+        # The buffer's delivery bookkeeping follows: a new destination needs every stored
+        # reading, a removed one no longer holds any back.
+        await self.spool.set_destinations(list(wanted))
+        for name, s in wanted.items():
+            if name not in self.destinations:
+                self._start_destination(Destination(s, self.spool, make_wire(s, self._state_dir)))
+        # Keep config order (status lists them that way).
+        self.destinations = {name: self.destinations[name] for name in wanted}
+
     # ---- health -----------------------------------------------------------------------
     def summary(self) -> str:
         """One line for ``systemctl status``."""
         pollers = self.pollers
         offline = sum(1 for p in pollers if p.stats.offline)
         down = sum(1 for b in self.buses.values() if not b.line.is_open)
-        mqtt = "connected" if self.destination.stats.connected else "disconnected"
+        up = sum(1 for d in self.destinations.values() if d.stats.connected)
+        mqtt = "connected" if up == len(self.destinations) else "disconnected"
+        if 0 < up < len(self.destinations):
+            mqtt = f"{up} of {len(self.destinations)} connected"
         clock = "" if self.clock.snapshot()["trusted"] else "; clock not synchronised"
         return (
             f"{len(pollers)} devices ({offline} offline) on {len(self.buses)} buses "
@@ -329,7 +383,8 @@ class Agent:
     def stalled(self) -> str | None:
         """Why the data path is not making progress, or None when it is."""
         now = time.monotonic()
-        for name, task in (("publisher", self._publish_task), ("buffer writer", self._spool_task)):
+        tasks = [(f"publisher {n}", t) for n, t in self._publish_tasks.items()]
+        for name, task in [*tasks, ("buffer writer", self._spool_task)]:
             if task is not None and task.done():
                 return f"the {name} task ended"
         if (age := self.spool.busy_for(now)) > SPOOL_STALL:

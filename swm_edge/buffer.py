@@ -89,6 +89,9 @@ _SLACK_PAGES = 16
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _RESERVED_META = frozenset({"dropped", "purged"})
+# Meta key prefix of the per-destination count of rows dropped before that destination had
+# them (``dropped:<destination>``).
+_DROPPED_FOR = "dropped:"
 # Per-row bytes besides device id and points: record header, ts, pending, rowid, cell pointer.
 _ROW_OVERHEAD = 32
 # Bytes of one entry in a destination's partial index (seq twice, header, cell pointer).
@@ -450,6 +453,17 @@ class Buffer:
         ).fetchone()[0]
         if last is None:
             return 0
+        # What each destination lost: the rows it had not acked yet (counted per destination
+        # in the meta table, so `swm-edge status` can say which consumer missed how much).
+        sums = ", ".join(f"sum((pending >> {bit}) & 1)" for bit in self._bits.values())
+        lost = self._conn.execute(f"SELECT {sums} FROM readings WHERE seq <= ?", (last,)).fetchone()
+        for name, n in zip(self._bits, lost, strict=True):
+            if n:
+                self._conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                    "DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
+                    (f"{_DROPPED_FOR}{name}", n),
+                )
         return self._conn.execute("DELETE FROM readings WHERE seq <= ?", (last,)).rowcount
 
     def _checkpoint(self) -> None:
@@ -616,6 +630,22 @@ class Buffer:
             self._depth -= deleted
             self._trim_wal()
 
+    def set_destinations(self, destinations: Sequence[str]) -> None:
+        """Change the destinations of an open buffer, as reopening with them would: a new
+        one needs every stored row; rows only a removed one still needed are deleted."""
+        names = tuple(destinations)
+        if names == tuple(self._bits):
+            return
+        with self._translate_errors(), self._write():
+            deleted, _added = self._sync_destinations(names)
+        self._depth -= deleted
+        self._checkpoint()
+
+    def dropped_for(self, destination: str) -> int:
+        """Rows dropped by the size bound before ``destination`` had acknowledged them."""
+        self._mask(destination)  # unknown names are an error, not 0
+        return int(self._meta(f"{_DROPPED_FOR}{destination}") or 0)
+
     def depth_for(self, destination: str) -> int:
         """Rows still pending for ``destination``.
 
@@ -680,7 +710,7 @@ class Buffer:
 
     def set_meta(self, key: str, value: str) -> None:
         """Store ``value`` under ``key`` durably (own transaction); some keys are the buffer's."""
-        if key in _RESERVED_META:
+        if key in _RESERVED_META or key.startswith(_DROPPED_FOR):
             raise ValueError(f"meta key {key!r} is reserved for the buffer")
         with self._translate_errors(), self._write():
             self._conn.execute(

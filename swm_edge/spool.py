@@ -71,6 +71,11 @@ class Spool:
         never returns means the storage hangs, which the watchdog must notice."""
         return 0.0 if self._busy_since is None else now - self._busy_since
 
+    async def set_destinations(self, names: list[str]) -> None:
+        """Change who the buffer keeps readings for (a config reload)."""
+        buffer = self.buffer
+        await self._run(lambda: buffer.set_destinations(names))
+
     async def set_max_bytes(self, max_bytes: int) -> None:
         """Change the buffer's size bound (a config reload); the next commit applies it."""
         buffer = self.buffer

@@ -517,3 +517,23 @@ def test_fetch_near_the_end_of_200k_rows_walks_the_index(tmp_path: Path) -> None
     assert scan > 5000  # > 500k instructions
     assert near_end * 100 < scan
     assert lagging * 100 < scan
+
+
+def test_dropped_rows_are_counted_per_destination_that_had_not_acked_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "b.db"
+    with Buffer(path, max_bytes=MiB, synchronous="NORMAL", destinations=["cloud", "scada"]) as buf:
+        # cloud keeps up, scada is down: only scada loses what the bound drops
+        for start in range(0, 20_000, 500):
+            seqs = buf.append([meter_reading(i) for i in range(start, start + 500)])
+            buf.ack("cloud", seqs)
+        dropped = buf.stats().dropped
+        assert dropped > 0
+        assert buf.dropped_for("scada") == dropped
+        assert buf.dropped_for("cloud") == 0
+        assert buf.depth_for("cloud") == 0
+        with pytest.raises(KeyError):
+            buf.dropped_for("nobody")
+    with Buffer(path, max_bytes=MiB, destinations=["cloud", "scada"]) as buf:
+        assert buf.dropped_for("scada") == dropped  # persistent

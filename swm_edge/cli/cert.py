@@ -98,7 +98,7 @@ def request(
         raise click.UsageError("give --force (new key) or --reuse-key (keep it), not both")
     loaded = load_or_exit(config_path, show_warnings=False)
     config = loaded.config
-    tls = config.mqtt.tls
+    tls = config.client_tls()
     configured_key = tls.key_file if tls is not None else None
     if key_path is None:
         key_path = configured_key or config_path.absolute().parent / f"{config.gateway.id}.key"
@@ -167,7 +167,7 @@ def show(config_path: Path, cert_path: Path | None, key_path: Path | None, as_js
     # With --cert alone the config is optional: the file may be looked at anywhere.
     if cert_path is None or ctx.get_parameter_source("config_path") is not ParameterSource.DEFAULT:
         loaded = load_or_exit(config_path, show_warnings=False)
-        tls = loaded.config.mqtt.tls
+        tls = loaded.config.client_tls()
         if cert_path is None:
             if tls is None or tls.cert_file is None:
                 raise click.UsageError(

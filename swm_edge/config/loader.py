@@ -400,7 +400,9 @@ def _walk(data: Any, loc: Sequence[Any]) -> tuple[Loc, Any, str | int | None]:
 
     Returns the path that exists in the data, the node there, and the last part of ``loc``
     when it names a key that is not in the data (a missing key). Parts that are not data
-    (the tag pydantic inserts for a discriminated union) are skipped.
+    (the tag pydantic inserts for a discriminated union) are skipped, and so is an index
+    into what is not a list: where a list may be given as its one item (``mqtt:``), the
+    item is the value itself.
     """
     real: list[str | int] = []
     node = data
@@ -411,6 +413,8 @@ def _walk(data: Any, loc: Sequence[Any]) -> tuple[Loc, Any, str | int | None]:
         if in_dict or in_list:
             real.append(part)
             node = node[part]
+        elif isinstance(part, int) and not isinstance(node, list):
+            continue
         elif i == len(loc) - 1 and isinstance(part, (str, int)):
             missing = part
     return tuple(real), node, missing

@@ -219,14 +219,62 @@ class TlsConfig(ConfigModel):
         return self
 
 
+# Sparkplug ids are topic levels: no MQTT wildcards or separators (Sparkplug B 3.0, 4.1.1).
+SPARKPLUG_ID_PATTERN = r"^[^+#/\s]+$"
+# host, host:port, or [IPv6]:port
+ENDPOINT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+)(:\d{1,5})?$"
+
+
+def _one_or_many(schema: dict[str, Any]) -> None:
+    """JSON schema of a list that may also be written as its one item."""
+    array = {k: schema.pop(k) for k in ("type", "items", "minItems", "maxItems") if k in schema}
+    schema["anyOf"] = [array["items"], array]
+
+
+class SparkplugConfig(ConfigModel):
+    """Sparkplug B identity of this gateway (an edge node)."""
+
+    group_id: StrictStr = Field(
+        pattern=SPARKPLUG_ID_PATTERN, description="Sparkplug group id (e.g. the utility's site)."
+    )
+    edge_node_id: StrictStr | None = Field(
+        default=None,
+        pattern=SPARKPLUG_ID_PATTERN,
+        description="Sparkplug edge node id; default: the gateway id.",
+    )
+
+
 class MqttConfig(ConfigModel):
-    """The MQTT broker readings are published to.
+    """One MQTT destination readings are published to: a broker, or the nodes of a broker
+    cluster (``hosts``), with its own payload format.
 
     Holds no secret: the password stays in its file or environment variable until
     :meth:`read_password` is called, so logging or dumping the config cannot leak it.
     """
 
-    host: StrictStr = Field(pattern=HOST_PATTERN, description="Broker host name or IP address.")
+    name: Id = Field(
+        default="default",
+        description="Name of the destination (in logs, status and the buffer's delivery "
+        "bookkeeping); each destination of a list needs its own.",
+    )
+    host: StrictStr | None = Field(
+        default=None, pattern=HOST_PATTERN, description="Broker host name or IP address."
+    )
+    hosts: list[Annotated[StrictStr, Field(pattern=ENDPOINT_PATTERN)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description="Instead of host: the brokers to try in order (host or host:port each), "
+        "e.g. the nodes of an EMQX/HiveMQ cluster or a primary and its standby.",
+    )
+    payload: Literal["json", "senml", "senml-cbor", "sparkplug"] = Field(
+        default="json",
+        description="Payload format: json (wire contract v1), senml / senml-cbor (RFC 8428), "
+        "sparkplug (Sparkplug B 3.0).",
+    )
+    sparkplug: SparkplugConfig | None = Field(
+        default=None, description="Sparkplug B identity; required with payload: sparkplug."
+    )
     port: StrictInt = Field(
         default=1883,
         ge=1,
@@ -290,6 +338,16 @@ class MqttConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _combinations(self) -> MqttConfig:
+        if self.host is None and self.hosts is None:
+            raise field_error("host", "missing required key 'host' (or 'hosts', a list of brokers)")
+        if self.host is not None and self.hosts is not None:
+            raise field_error("hosts", "give host (one broker) or hosts (a list), not both")
+        if self.payload == "sparkplug" and self.sparkplug is None:
+            raise field_error("payload", "payload sparkplug needs sparkplug: {group_id: ...}")
+        if self.sparkplug is not None and self.payload != "sparkplug":
+            raise field_error(
+                "sparkplug", f"sparkplug settings need payload: sparkplug, not {self.payload}"
+            )
         if self.password_file is not None and self.password_env is not None:
             raise field_error("password_env", "give password_file or password_env, not both")
         has_password = self.password_file is not None or self.password_env is not None
@@ -303,6 +361,18 @@ class MqttConfig(ConfigModel):
                 f"({self.reconnect_min:g})",
             )
         return self
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """(host, port) of every broker to try, in order (``port`` where none is given)."""
+        if self.host is not None:
+            return [(self.host, self.port)]
+        out = []
+        for item in self.hosts or ():
+            match = re.fullmatch(ENDPOINT_PATTERN, item)
+            assert match is not None  # checked by the field's pattern
+            host = match.group(1).strip("[]")
+            out.append((host, int(match.group(2)[1:]) if match.group(2) else self.port))
+        return out
 
     def read_password(self) -> str | None:
         """The broker password, read now from ``password_file`` or ``password_env``.
@@ -569,7 +639,17 @@ class Config(ConfigModel):
     model_config = ConfigDict(title="swm-edge configuration")
 
     gateway: GatewayConfig = Field(description="This gateway.")
-    mqtt: MqttConfig = Field(description="The MQTT broker.")
+    mqtt: Annotated[
+        list[MqttConfig],
+        # One mapping is the common case and stays the documented form; it is the list's
+        # only item (the config loader reports its errors at the mapping's own keys).
+        BeforeValidator(lambda v: v if isinstance(v, list) else [v]),
+        Field(min_length=1, max_length=8),
+    ] = Field(
+        description="The MQTT destination, or a list of them (each with its own broker, "
+        "payload format and delivery position over the one buffer).",
+        json_schema_extra=_one_or_many,
+    )
     buffer: BufferConfig = Field(default=BufferConfig(), description="Local buffer.")
     clock: ClockConfig = Field(default=ClockConfig(), description="Trust in the wall clock.")
     buses: list[BusConfig] = Field(
@@ -591,11 +671,50 @@ class Config(ConfigModel):
         if not isinstance(data, dict):
             return data
         mqtt, gateway = data.get("mqtt"), data.get("gateway")
-        if isinstance(mqtt, dict) and "client_id" not in mqtt and isinstance(gateway, dict):
-            gw_id = gateway.get("id")
-            if isinstance(gw_id, str) and re.fullmatch(ID_PATTERN, gw_id):
-                return {**data, "mqtt": {**mqtt, "client_id": f"swm-edge-{gw_id}"}}
+        gw_id = gateway.get("id") if isinstance(gateway, dict) else None
+        if not (isinstance(gw_id, str) and re.fullmatch(ID_PATTERN, gw_id)):
+            return data
+
+        def with_id(dest: Any) -> Any:
+            if not isinstance(dest, dict) or "client_id" in dest:
+                return dest
+            name = dest.get("name", "default")
+            # Two destinations on one broker must not share a client id (the broker would
+            # disconnect one for the other), so the non-default ones get their name added.
+            suffix = "" if name == "default" or not isinstance(name, str) else f"-{name}"
+            return {**dest, "client_id": f"swm-edge-{gw_id}{suffix}"}
+
+        if isinstance(mqtt, list):
+            return {**data, "mqtt": [with_id(d) for d in mqtt]}
+        if isinstance(mqtt, dict):
+            return {**data, "mqtt": with_id(mqtt)}
         return data
+
+    @property
+    def destinations(self) -> list[MqttConfig]:
+        """The MQTT destinations (one for a single ``mqtt:`` mapping)."""
+        return self.mqtt
+
+    def client_tls(self) -> TlsConfig | None:
+        """The TLS settings that name the gateway's client certificate: those of the first
+        destination with ``cert_file``, else the first destination's."""
+        for dest in self.destinations:
+            if dest.tls is not None and dest.tls.cert_file is not None:
+                return dest.tls
+        return self.destinations[0].tls
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> Config:
+        seen: dict[str, int] = {}
+        for i, dest in enumerate(self.destinations):
+            if dest.name in seen:
+                raise field_error(
+                    "mqtt",
+                    f"mqtt.{i}.name: {dest.name!r} is already the name of mqtt.{seen[dest.name]}; "
+                    "give each destination its own name",
+                )
+            seen[dest.name] = i
+        return self
 
     def status_socket_path(self) -> Path:
         """Where the agent serves its status: ``status_socket``, else

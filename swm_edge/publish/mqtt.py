@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 import threading
@@ -31,26 +30,35 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from swm_edge import __version__
 from swm_edge.buffer import Row
 from swm_edge.lograte import FailureLog
-from swm_edge.model import Reading
+from swm_edge.publish.wire import Message, Wire
 from swm_edge.spool import Spool
 
 log = logging.getLogger(__name__)
 
-Encoder = Callable[[str, int, Reading], bytes]
+# Largest message accepted on a subscription (Sparkplug NCMD): remote input is bounded.
+MAX_INCOMING = 64 * 1024
 
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    """Everything needed to talk to one broker. ``password`` is never logged (repr=False)."""
+    """Everything needed to talk to one destination (a broker, or the nodes of a broker
+    cluster tried in order). ``password`` is never logged (repr=False)."""
 
     host: str
     port: int
     client_id: str
     gateway_id: str
     topic_prefix: str = "swm"
+    name: str = "default"
+    #: More (host, port) pairs, tried in order after ``host``/``port`` (failover).
+    fallback_hosts: tuple[tuple[str, int], ...] = ()
+    #: Payload format: json | senml | senml-cbor | sparkplug (swm_edge.publish.wire).
+    payload: str = "json"
+    sparkplug_group_id: str | None = None
+    #: Sparkplug edge node id (the config's default: the gateway id).
+    sparkplug_edge_node_id: str | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls: bool = False
@@ -63,6 +71,11 @@ class BrokerSettings:
     inflight: int = 64
     reconnect_min: float = 1.0
     reconnect_max: float = 60.0
+
+    @property
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """Every (host, port) to try, in order."""
+        return ((self.host, self.port), *self.fallback_hosts)
 
     @property
     def status_topic(self) -> str:
@@ -83,28 +96,27 @@ class DestinationStats:
     resent: int = 0
     last_error: str | None = None
     connected_since: float | None = None
-
-
-def offline_payload(gateway_id: str) -> bytes:
-    return json.dumps({"state": "offline", "gateway": gateway_id}).encode()
+    #: ``host:port`` of the connection (one of the destination's hosts).
+    endpoint: str | None = None
 
 
 class Destination:
-    """One broker: connection supervision, in-flight window, acked delete."""
+    """One destination: connection supervision with host failover, in-flight window,
+    acked delete. What is sent, and around a connection, is its :class:`Wire`'s business."""
 
     def __init__(
         self,
-        name: str,
         settings: BrokerSettings,
         spool: Spool,
-        encoder: Encoder,
+        wire: Wire,
         *,
         ack_interval: float = 0.1,
     ) -> None:
-        self.name = name
+        self.name = name = settings.name
         self.settings = settings
         self.spool = spool
-        self.encoder = encoder
+        self.wire = wire
+        self._content_types: dict[str, Properties] = {}
         self.stats = DestinationStats()
         self._ack_interval = ack_interval
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,18 +173,43 @@ class Destination:
             self._publish_rows(rows)
 
     def _publish_rows(self, rows: list[Row]) -> None:
-        client, s = self._client, self.settings
         for i, row in enumerate(rows):
-            if client is None or not self.stats.connected:
+            if self._client is None or not self.stats.connected:
                 self._resend[:0] = rows[i:]
                 return
-            payload = self.encoder(s.gateway_id, row.seq, row.reading)
-            info = client.publish(s.telemetry_topic(row.reading.device_id), payload, qos=s.qos)
-            self._inflight[info.mid] = row
+            *control, data = self.wire.encode(row.seq, row.reading)
+            self._send(control)
+            mid = self._publish(data)
+            if mid is None:
+                self._resend[:0] = rows[i:]
+                return
+            self._inflight[mid] = row
             self.stats.published += 1
-            if s.qos == 0:
+            if data.qos == 0:
                 # QoS 0 has no acknowledgement: handing it to the socket is all we get.
-                self._on_published(self._active, info.mid)
+                self._on_published(self._active, mid)
+
+    def _publish(self, message: Message) -> int | None:
+        """Publish one message on the current connection; its mid, or None without one."""
+        client = self._client
+        if client is None:
+            return None
+        props = None
+        if message.content_type and self.settings.protocol == "5":
+            props = self._content_types.get(message.content_type)
+            if props is None:
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.ContentType = message.content_type
+                self._content_types[message.content_type] = props
+        info = client.publish(
+            message.topic, message.payload, qos=message.qos, retain=message.retain, properties=props
+        )
+        return info.mid
+
+    def _send(self, messages: list[Message]) -> None:
+        """Publish control messages (births, status, answers): not tracked per row."""
+        for message in messages:
+            self._publish(message)
 
     async def _ack_loop(self) -> None:
         try:
@@ -193,26 +230,26 @@ class Destination:
             seqs, self._acked = self._acked, []
             await self.spool.ack(self.name, seqs)
 
-    def _on_connected(self, generation: int, client: paho.Client) -> None:
+    def _on_connected(self, generation: int, client: paho.Client, endpoint: str) -> None:
         self._active = generation
         self._client = client
+        self.stats.endpoint = endpoint
         self.stats.connected = True
         self.stats.connects += 1
         self.stats.connected_since = time.time()
         self.stats.last_error = None
-        if self.stats.connects == 1:
-            log.info(
-                "mqtt %s: connected to %s:%d", self.name, self.settings.host, self.settings.port
-            )
+        if self.stats.connects == 1:  # reconnections are told by the failure log's recovery
+            log.info("mqtt %s: connected to %s", self.name, endpoint)
         self.failures.success()
-        status = {
-            "state": "online",
-            "gateway": self.settings.gateway_id,
-            "version": __version__,
-            "since": int(time.time()),
-        }
-        client.publish(self.settings.status_topic, json.dumps(status), qos=1, retain=True)
+        self._send(self.wire.connected())
+        for topic, qos in self.wire.subscriptions():
+            client.subscribe(topic, qos)
         self._wake.set()
+
+    def _on_message(self, generation: int, topic: str, payload: bytes) -> None:
+        if generation != self._active or not self.stats.connected:
+            return
+        self._send(self.wire.received(topic, payload))
 
     def _on_disconnected(self, generation: int, reason: str) -> None:
         if generation != self._active:
@@ -245,18 +282,18 @@ class Destination:
                 loop.call_soon_threadsafe(fn, *args)
 
     async def close(self, *, timeout: float = 5.0) -> None:
-        """Publish the offline status, disconnect cleanly, stop the network thread."""
+        """Publish the wire's farewell (offline status, NDEATH), disconnect cleanly, stop
+        the network thread."""
         self._stop.set()
         client = self._client
         if client is not None and self.stats.connected:
-            info = client.publish(
-                self.settings.status_topic,
-                offline_payload(self.settings.gateway_id),
-                qos=1,
-                retain=True,
-            )
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(info.wait_for_publish, timeout)
+            farewell = self.wire.closing()
+            if farewell is not None:
+                info = client.publish(
+                    farewell.topic, farewell.payload, qos=farewell.qos, retain=farewell.retain
+                )
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(info.wait_for_publish, timeout)
             client.disconnect()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, timeout)
@@ -264,7 +301,7 @@ class Destination:
         self.spool.unlisten(self._wake)
 
     # ---- network thread -----------------------------------------------------------
-    def _new_client(self, generation: int) -> paho.Client:
+    def _new_client(self, generation: int, endpoint: str) -> paho.Client:
         s = self.settings
         v5 = s.protocol == "5"
         client = paho.Client(
@@ -285,14 +322,16 @@ class Destination:
                 keyfile=s.key_file,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        client.will_set(s.status_topic, offline_payload(s.gateway_id), qos=1, retain=True)
+        will = self.wire.will()
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
 
         def on_connect(c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
             if rc.is_failure:
                 self._post(self._note_error, f"broker refused the connection: {rc}")
             else:
                 self._session_ok = True
-                self._post(self._on_connected, generation, c)
+                self._post(self._on_connected, generation, c, endpoint)
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
             self._post(self._on_disconnected, generation, str(rc))
@@ -300,9 +339,14 @@ class Destination:
         def on_publish(_c: Any, _u: Any, mid: int, _rc: Any, _p: Any = None) -> None:
             self._post(self._on_published, generation, mid)
 
+        def on_message(_c: Any, _u: Any, message: paho.MQTTMessage) -> None:
+            if len(message.payload) <= MAX_INCOMING:
+                self._post(self._on_message, generation, message.topic, bytes(message.payload))
+
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
+        client.on_message = on_message
         return client
 
     def _note_error(self, message: str) -> None:
@@ -314,25 +358,37 @@ class Destination:
         attempt = 0
         generation = 0
         while not self._stop.is_set():
-            generation += 1
-            self._session_ok = False
-            client = self._new_client(generation)
-            try:
-                if s.protocol == "5":
-                    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                    props.SessionExpiryInterval = 0
-                    client.connect(s.host, s.port, s.keepalive, clean_start=True, properties=props)
-                else:
-                    client.connect(s.host, s.port, s.keepalive)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                self._post(self._note_error, f"cannot connect to {s.host}:{s.port}: {exc}")
-            else:
-                client.loop_forever()
-                if self._session_ok:
+            # One round: every host in order (a cluster's nodes, a primary then its standby),
+            # starting again from the first, so the gateway returns to the primary.
+            for host, port in s.endpoints:
+                if self._stop.is_set():
+                    return
+                generation += 1
+                if self._connect_and_run(generation, host, port):
                     attempt = 0
-                self._post(self._on_disconnected, generation, "network loop ended")
+                    break  # the session ended: start the next round at the first host
             attempt += 1
             self._stop.wait(self._backoff(attempt))
+
+    def _connect_and_run(self, generation: int, host: str, port: int) -> bool:
+        """One connection to one host, run until it ends; whether it got a session."""
+        s = self.settings
+        self._session_ok = False
+        endpoint = f"{host}:{port}"
+        client = self._new_client(generation, endpoint)
+        try:
+            if s.protocol == "5":
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = 0
+                client.connect(host, port, s.keepalive, clean_start=True, properties=props)
+            else:
+                client.connect(host, port, s.keepalive)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._post(self._note_error, f"cannot connect to {endpoint}: {exc}")
+            return False
+        client.loop_forever()
+        self._post(self._on_disconnected, generation, "network loop ended")
+        return self._session_ok
 
     def _backoff(self, attempt: int) -> float:
         state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]

@@ -88,15 +88,15 @@ def test_flags_write_a_commented_config_that_validates(tmp_path: Path) -> None:
 
     loaded = load_config(config)
     c = loaded.config
-    assert (c.gateway.id, c.gateway.site, c.mqtt.host, c.mqtt.port) == (
+    assert (c.gateway.id, c.gateway.site, c.mqtt[0].host, c.mqtt[0].port) == (
         "gw-lima-0001",
         "lima-d3",
         "mqtt.example.net",
         8883,  # --ca-file means TLS
     )
     # Paths typed relative to the shell's folder are written absolute.
-    assert c.mqtt.tls is not None and c.mqtt.tls.ca_file == tmp_path / "ca.pem"
-    assert c.mqtt.password_file == tmp_path / "mqtt.password"
+    assert c.mqtt[0].tls is not None and c.mqtt[0].tls.ca_file == tmp_path / "ca.pem"
+    assert c.mqtt[0].password_file == tmp_path / "mqtt.password"
     assert c.buffer.max_mb == 64
     assert [(b.id, b.type) for b in loaded.buses] == [
         ("rs485-1", "modbus-rtu"),
@@ -467,15 +467,15 @@ def test_interactive_init_asks_checks_on_the_spot_and_writes(
     assert validate.returncode == 0, validate.stderr
     loaded = load_config(config)
     c = loaded.config
-    assert (c.gateway.id, c.gateway.site, c.mqtt.host, c.mqtt.port, c.mqtt.username) == (
+    assert (c.gateway.id, c.gateway.site, c.mqtt[0].host, c.mqtt[0].port, c.mqtt[0].username) == (
         "gw-lima-0001",
         "lima-d3",
         "mqtt.example.net",
         8883,
         "gw-lima-0001",
     )
-    assert c.mqtt.tls is not None and c.mqtt.tls.ca_file is None  # the system's CAs
-    assert c.mqtt.password_file == tmp_path / "mqtt.password"
+    assert c.mqtt[0].tls is not None and c.mqtt[0].tls.ca_file is None  # the system's CAs
+    assert c.mqtt[0].password_file == tmp_path / "mqtt.password"
     rtu, sdi = loaded.buses
     assert (rtu.id, rtu.port, rtu.baudrate, rtu.parity) == ("rs485-1", BY_ID, 19200, "E")
     assert (sdi.id, sdi.type, sdi.port) == ("sdi-1", "sdi12", "/dev/ttyUSB2")
@@ -518,8 +518,13 @@ def test_flags_given_on_a_terminal_are_not_asked_again(
     for not_asked in ("MQTT broker", "TLS", "user name", "File holding", "Bus 1", "Devices on"):
         assert not_asked not in term.transcript
     c = load_config(config).config
-    assert (c.gateway.id, c.gateway.site, c.mqtt.port, c.mqtt.tls) == ("gw-9", None, 1883, None)
-    assert c.mqtt.password_file == tmp_path / "pw"
+    assert (c.gateway.id, c.gateway.site, c.mqtt[0].port, c.mqtt[0].tls) == (
+        "gw-9",
+        None,
+        1883,
+        None,
+    )
+    assert c.mqtt[0].password_file == tmp_path / "pw"
 
 
 def test_an_existing_file_stops_init_before_any_question(

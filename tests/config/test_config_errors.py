@@ -237,9 +237,13 @@ def test_missing_top_level_section(tmp_path: Path) -> None:
 
 
 def test_section_of_the_wrong_shape(tmp_path: Path) -> None:
+    # mqtt may be a list of destinations: each item must be a mapping
     text = BASE.replace("mqtt: {host: broker.local}", "mqtt: [broker.local]")
     path = write(tmp_path, text)
-    assert_issue(only(path), path, at(text, "[broker"), "mqtt", "expected a mapping")
+    assert_issue(only(path), path, at(text, "broker.local]"), "mqtt.0", "expected a mapping")
+    text = BASE.replace("mqtt: {host: broker.local}", "mqtt: broker.local")
+    path = write(tmp_path, text)
+    assert_issue(only(path), path, at(text, "broker.local"), "mqtt", "expected a mapping")
 
 
 def test_unknown_bus_type_names_the_allowed_ones(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def write(tmp_path: Path, text: str, name: str = "site.yaml") -> Path:
 
 def test_minimal_config_defaults(tmp_path: Path) -> None:
     loaded = load_config(write(tmp_path, MINIMAL))
-    mqtt = loaded.config.mqtt
+    mqtt = loaded.config.mqtt[0]
     assert (mqtt.port, mqtt.client_id, mqtt.qos, mqtt.keepalive) == (
         1883,
         "swm-edge-gw-lima-0001",
@@ -47,28 +47,28 @@ def test_tls_changes_the_default_port_only(tmp_path: Path) -> None:
     with_tls = load_config(
         write(tmp_path, MINIMAL.replace("{host: broker.local}", "{host: b, tls: {}}"))
     )
-    assert with_tls.config.mqtt.port == 8883
-    assert with_tls.config.mqtt.tls is not None and with_tls.config.mqtt.tls.ca_file is None
+    assert with_tls.config.mqtt[0].port == 8883
+    assert with_tls.config.mqtt[0].tls is not None and with_tls.config.mqtt[0].tls.ca_file is None
     explicit = MINIMAL.replace("{host: broker.local}", "{host: b, port: 1884, tls: {}}")
-    assert load_config(write(tmp_path, explicit)).config.mqtt.port == 1884
+    assert load_config(write(tmp_path, explicit)).config.mqtt[0].port == 1884
     no_tls = MINIMAL.replace("{host: broker.local}", "{host: b, tls: null}")
-    assert load_config(write(tmp_path, no_tls)).config.mqtt.port == 1883
+    assert load_config(write(tmp_path, no_tls)).config.mqtt[0].port == 1883
 
 
 def test_explicit_client_id_wins(tmp_path: Path) -> None:
     text = MINIMAL.replace("{host: broker.local}", "{host: b, client_id: pump-house}")
-    assert load_config(write(tmp_path, text)).config.mqtt.client_id == "pump-house"
+    assert load_config(write(tmp_path, text)).config.mqtt[0].client_id == "pump-house"
 
 
 @pytest.mark.parametrize(("written", "expected"), [("5", "5"), ('"5"', "5"), ('"3.1.1"', "3.1.1")])
 def test_protocol_accepts_the_yaml_number_5(tmp_path: Path, written: str, expected: str) -> None:
     text = MINIMAL.replace("{host: broker.local}", f"{{host: b, protocol: {written}}}")
-    assert load_config(write(tmp_path, text)).config.mqtt.protocol == expected
+    assert load_config(write(tmp_path, text)).config.mqtt[0].protocol == expected
 
 
 def test_password_without_username_is_an_error_only_for_mqtt_311(tmp_path: Path) -> None:
     v5 = MINIMAL.replace("{host: broker.local}", "{host: b, password_env: PW}")
-    assert load_config(write(tmp_path, v5)).config.mqtt.password_env == "PW"
+    assert load_config(write(tmp_path, v5)).config.mqtt[0].password_env == "PW"
     v311 = MINIMAL.replace("{host: broker.local}", '{host: b, password_env: PW, protocol: "3.1.1"}')
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, v311))
@@ -197,11 +197,11 @@ def test_relative_paths_resolve_against_the_config_directory(
     config = load_config(Path("../etc/swm-edge/site.yaml")).config
     base = tmp_path / "cwd" / ".." / "etc" / "swm-edge"
     assert config.buffer.path == base / "data/buffer.sqlite"
-    assert config.mqtt.password_file == base / "secrets/mqtt.pw"
-    assert config.mqtt.tls is not None
-    assert config.mqtt.tls.ca_file == base / "certs/ca.pem"
-    assert config.mqtt.tls.cert_file == base / "../shared/gw.pem"
-    assert config.mqtt.tls.key_file == Path("/abs/gw.key")
+    assert config.mqtt[0].password_file == base / "secrets/mqtt.pw"
+    assert config.mqtt[0].tls is not None
+    assert config.mqtt[0].tls.ca_file == base / "certs/ca.pem"
+    assert config.mqtt[0].tls.cert_file == base / "../shared/gw.pem"
+    assert config.mqtt[0].tls.key_file == Path("/abs/gw.key")
     assert config.buffer.path.is_absolute()
     assert os.path.samefile(config.buffer.path.parent.parent, path.parent)
 
@@ -240,7 +240,7 @@ def test_password_file(tmp_path: Path, content: str, expected: str) -> None:
         "{host: broker.local}", "{host: b, username: gw, password_file: mqtt.pw}"
     )
     loaded = load_config(write(tmp_path, text))
-    assert loaded.config.mqtt.read_password() == expected
+    assert loaded.config.mqtt[0].read_password() == expected
     # The models hold a path, never the secret itself.
     assert "s3cret" not in repr(loaded.config)
     assert "s3cret" not in loaded.config.model_dump_json()
@@ -248,7 +248,7 @@ def test_password_file(tmp_path: Path, content: str, expected: str) -> None:
 
 def test_password_file_missing_raises_oserror_at_read_time(tmp_path: Path) -> None:
     text = MINIMAL.replace("{host: broker.local}", "{host: b, password_file: nope.pw}")
-    mqtt = load_config(write(tmp_path, text)).config.mqtt
+    mqtt = load_config(write(tmp_path, text)).config.mqtt[0]
     with pytest.raises(FileNotFoundError):
         mqtt.read_password()
 
@@ -265,4 +265,61 @@ def test_password_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_models_are_immutable(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL)).config
     with pytest.raises(ValueError, match="frozen"):
-        config.mqtt.host = "other"  # type: ignore[misc]
+        config.mqtt[0].host = "other"  # type: ignore[misc]
+
+
+DESTINATIONS = """\
+gateway: {id: gw-lima-0001}
+mqtt:
+  - {name: cloud, hosts: [emqx-1.example.net, "emqx-2.example.net:8883", "[2001:db8::7]:1884"]}
+  - {name: scada, host: 10.0.0.5, payload: sparkplug, sparkplug: {group_id: lima}}
+  - {name: research, host: 10.0.0.6, payload: senml-cbor, client_id: lab-gw-1}
+"""
+
+
+def test_a_list_of_destinations_with_failover_hosts(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, DESTINATIONS)).config
+    cloud, scada, research = config.destinations
+    assert cloud.endpoints() == [
+        ("emqx-1.example.net", 1883),
+        ("emqx-2.example.net", 8883),
+        ("2001:db8::7", 1884),
+    ]
+    assert scada.payload == "sparkplug"
+    assert scada.sparkplug is not None and scada.sparkplug.group_id == "lima"
+    # distinct client ids unless given: two sessions on one broker must not evict each other
+    assert [d.client_id for d in config.destinations] == [
+        "swm-edge-gw-lima-0001-cloud",
+        "swm-edge-gw-lima-0001-scada",
+        "lab-gw-1",
+    ]
+    single = load_config(write(tmp_path, MINIMAL)).config
+    assert [d.name for d in single.destinations] == ["default"]
+    assert single.destinations[0].client_id == "swm-edge-gw-lima-0001"
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "path", "message"),
+    [
+        ("[{name: a, host: b}, {name: a, host: c}]", "mqtt", "'a' is already the name of mqtt.0"),
+        ("{host: b, hosts: [c]}", "mqtt.hosts", "give host (one broker) or hosts"),
+        ("{port: 1883}", "mqtt.host", "missing required key 'host' (or 'hosts'"),
+        ("{host: b, payload: sparkplug}", "mqtt.payload", "needs sparkplug: {group_id"),
+        ("{host: b, sparkplug: {group_id: g}}", "mqtt.sparkplug", "need payload: sparkplug"),
+        (
+            "{host: b, payload: sparkplug, sparkplug: {group_id: a/b}}",
+            "mqtt.sparkplug.group_id",
+            "",
+        ),
+        ("{host: b, payload: xml}", "mqtt.payload", "senml-cbor"),
+        ("{hosts: ['b:x']}", "mqtt.hosts.0", ""),
+        ("[]", "mqtt", ""),
+    ],
+)
+def test_destination_mistakes(tmp_path: Path, mqtt: str, path: str, message: str) -> None:
+    text = f"gateway: {{id: gw-1}}\nmqtt: {mqtt}\n"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    issue = err.value.issues[0]
+    assert (issue.path, issue.line) == (path, 2), str(issue)
+    assert message in issue.message

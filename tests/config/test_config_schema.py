@@ -157,5 +157,5 @@ def test_example_config_validates_with_the_shipped_profiles() -> None:
     # The KELLER profile's max_registers: 4 reaches the device.
     assert devices["dma-inlet-pressure"].options.max_registers == 4
     assert devices["dma-inlet-quality"].timeout == 1.5
-    assert loaded.config.mqtt.port == 8883  # tls given, port left to its default
-    assert loaded.config.mqtt.client_id == "swm-edge-gw-lima-0001"
+    assert loaded.config.mqtt[0].port == 8883  # tls given, port left to its default
+    assert loaded.config.mqtt[0].client_id == "swm-edge-gw-lima-0001"

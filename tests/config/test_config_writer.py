@@ -329,7 +329,7 @@ def test_written_config_loads_with_what_was_asked_for(tmp_path: Path) -> None:
 
     config = loaded.config
     assert (config.gateway.id, config.gateway.site) == ("gw-lima-0001", "lima-d3")
-    mqtt = config.mqtt
+    mqtt = config.mqtt[0]
     assert (mqtt.host, mqtt.port, mqtt.username) == ("mqtt.example.net", 8883, "gw-lima-0001")
     # Relative paths are relative to the config's folder, as in any config.
     assert mqtt.tls is not None and mqtt.tls.ca_file == tmp_path / "ca.pem"
@@ -399,7 +399,7 @@ def test_plain_mqtt_and_empty_lists(tmp_path: Path) -> None:
     setup = GatewaySetup("gw-1", "10.0.0.5", broker_port=1884)
     path = tmp_path / "config.yaml"
     loaded = write_config(path, render_config(setup, CATALOG, config_path=path))
-    assert (loaded.config.mqtt.port, loaded.config.mqtt.tls) == (1884, None)
+    assert (loaded.config.mqtt[0].port, loaded.config.mqtt[0].tls) == (1884, None)
     assert (loaded.buses, loaded.devices) == ([], [])
     tls_default = GatewaySetup("gw-1", "broker", tls=True)
     text = render_config(tls_default, CATALOG, config_path=path)

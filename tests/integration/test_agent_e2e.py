@@ -288,5 +288,5 @@ def test_password_from_file_works_and_never_reaches_the_log(
         time.sleep(0.1)
     assert agent.stop() == 0
     log = agent.log()
-    assert "mqtt settings changed: reconnecting" in log and "refused the connection" in log
+    assert "mqtt default: settings changed, reconnecting" in log and "refused the connection" in log
     assert secret not in log and wrong not in log

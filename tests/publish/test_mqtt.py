@@ -13,8 +13,8 @@ import pytest
 
 from swm_edge.buffer import Buffer
 from swm_edge.model import PointValue, Reading
-from swm_edge.publish.encoders import encode_json_v1
 from swm_edge.publish.mqtt import BrokerSettings, Destination
+from swm_edge.publish.wire import JsonWire
 from swm_edge.spool import Spool
 from swm_edge.testing import Mosquitto, MqttCollector
 
@@ -45,7 +45,7 @@ async def with_destination(
     tmp_path.mkdir(parents=True, exist_ok=True)
     spool = Spool(lambda: Buffer(tmp_path / "buf.sqlite", max_bytes=8 << 20))
     await spool.open()
-    dest = Destination("default", cfg, spool, encode_json_v1)
+    dest = Destination(cfg, spool, JsonWire(cfg))
     tasks = [asyncio.create_task(spool.run()), asyncio.create_task(dest.run())]
     try:
         await body(spool, dest)
