@@ -94,6 +94,7 @@ class DestinationStats:
     published: int = 0
     acked: int = 0
     resent: int = 0
+    unencodable: int = 0  # rows the wire format could not carry (skipped, logged)
     last_error: str | None = None
     connected_since: float | None = None
     #: ``host:port`` of the connection (one of the destination's hosts).
@@ -177,7 +178,20 @@ class Destination:
             if self._client is None or not self.stats.connected:
                 self._resend[:0] = rows[i:]
                 return
-            *control, data = self.wire.encode(row.seq, row.reading)
+            try:
+                *control, data = self.wire.encode(row.seq, row.reading)
+            except Exception:  # a row this format cannot carry must not stop delivery
+                self.stats.unencodable += 1
+                log.exception(
+                    "mqtt %s: seq %d cannot be encoded as %s; skipped (%d so far)",
+                    self.name,
+                    row.seq,
+                    self.settings.payload,
+                    self.stats.unencodable,
+                )
+                self._acked.append(row.seq)
+                self._acks_pending.set()
+                continue
             self._send(control)
             mid = self._publish(data)
             if mid is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -223,3 +224,22 @@ def test_password_never_logged_and_auth_works(
     asyncio.run(with_destination(tmp_path / "bad", bad, refused))
     assert "s3cret" not in caplog.text and "wrong-pass" not in caplog.text
     assert json.dumps([r.getMessage() for r in caplog.records]).count("refused") >= 1
+
+
+def test_a_reading_the_format_cannot_carry_is_skipped_not_blocking(
+    tmp_path: Path, mosquitto: Mosquitto, mqtt_collector: Any
+) -> None:
+    sub = mqtt_collector(mosquitto, "swm/#")
+
+    async def body(spool: Spool, dest: Destination) -> None:
+        await spool.put(reading(0, "dev-a"))
+        # a NaN time: json_v1 refuses it (strict JSON backends would choke on it)
+        await spool.put(Reading("dev-a", math.nan, {"level": PointValue.good(1.0, "m")}))
+        await spool.put(reading(2, "dev-a"))
+        await asyncio.to_thread(sub.wait_for, lambda m: "telemetry" in m.topic, 15, count=2)
+        await until(lambda: dest.stats.acked == 2 and dest.stats.unencodable == 1)
+        await dest.flush_acks()
+        assert (await spool.stats()).depth == 0
+
+    asyncio.run(with_destination(tmp_path, settings(mosquitto), body))
+    assert [d["seq"] for d in telemetry(sub)] == [1, 3]
