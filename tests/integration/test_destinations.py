@@ -118,3 +118,25 @@ def test_hosts_are_tried_in_order(
     log = agent.log()
     assert f"cannot connect to 127.0.0.1:{dead}" in log
     assert f"mqtt default: connected to {mosquitto.host}:{mosquitto.port}" in log
+
+
+def test_senml_cbor_destination_end_to_end(
+    tmp_path: Path, site: DemoSite, mosquitto: Mosquitto, mqtt_collector: Any, run_agent: Any
+) -> None:
+    import cbor2
+
+    sub = mqtt_collector(mosquitto, f"swm/{GATEWAY}/#")
+    site.pressure.set("pressure", 4.25)
+    config = site_config(tmp_path, mosquitto, site, mqtt_extra=", payload: senml-cbor")
+    agent = run_agent(config)
+    wait_until(
+        lambda: len(sub.messages(f"swm/{GATEWAY}/pressure-1/senml-cbor")) >= 2, 20, "SenML CBOR"
+    )
+    assert agent.stop() == 0
+    pack = cbor2.loads(sub.messages(f"swm/{GATEWAY}/pressure-1/senml-cbor")[0].payload)
+    # RFC 8428 CBOR labels: -2 base name, -3 base time, 0 name, 1 unit, 2 value
+    assert pack[0][-2] == f"{GATEWAY}/pressure-1/"
+    by_name = {r[0]: r for r in pack}
+    assert by_name["pressure"][1] == "Pa" and by_name["pressure"][2] == 425_000  # 4.25 bar
+    assert abs(pack[0][-3] - time.time()) < 30
+    assert not sub.messages(f"swm/{GATEWAY}/+/telemetry")  # only the configured format
