@@ -179,7 +179,7 @@ class Destination:
                 self._resend[:0] = rows[i:]
                 return
             try:
-                *control, data = self.wire.encode(row.seq, row.reading)
+                messages = self.wire.encode(row.seq, row.reading)
             except Exception:  # a row this format cannot carry must not stop delivery
                 self.stats.unencodable += 1
                 log.exception(
@@ -189,9 +189,12 @@ class Destination:
                     self.settings.payload,
                     self.stats.unencodable,
                 )
+                messages = []
+            if not messages:  # nothing to send for it: it is done for this destination
                 self._acked.append(row.seq)
                 self._acks_pending.set()
                 continue
+            *control, data = messages
             self._send(control)
             mid = self._publish(data)
             if mid is None:

@@ -69,7 +69,8 @@ class Wire(ABC):
     def encode(self, seq: int, reading: Reading) -> list[Message]:
         """The messages of one buffered reading; the *last* one carries the reading (its
         acknowledgement releases it from the buffer), earlier ones are control messages the
-        format needs first (a Sparkplug DBIRTH)."""
+        format needs first (a Sparkplug DBIRTH). An empty list releases the reading without
+        sending anything (a dead device's next bad reading, once its DDEATH was sent)."""
 
     def closing(self) -> Message | None:
         """What to publish before a clean disconnect (the will is not sent then)."""

@@ -280,6 +280,7 @@ mqtt:
 def test_a_list_of_destinations_with_failover_hosts(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, DESTINATIONS)).config
     cloud, scada, research = config.destinations
+    assert research.payload == "senml-cbor"
     assert cloud.endpoints() == [
         ("emqx-1.example.net", 1883),
         ("emqx-2.example.net", 8883),
