@@ -37,7 +37,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired
@@ -126,6 +126,25 @@ class MqttStatus(TypedDict):
     connected_since: str | None
 
 
+class DestinationStatus(MqttStatus):
+    """One destination of several: its connection, name and payload format."""
+
+    name: str
+    payload: str
+    endpoint: str | None  # the host:port of the connection, one of the destination's hosts
+
+
+@dataclass(frozen=True)
+class DestinationView:
+    """What the snapshot shows of one destination."""
+
+    name: str
+    payload: str
+    host: str
+    port: int
+    stats: DestinationStats
+
+
 @with_config(ConfigDict(extra="allow"))
 class BufferStatus(TypedDict):
     """The buffer. The figures are ``None`` only when ``error`` says why they are missing."""
@@ -207,6 +226,8 @@ class StatusSnapshot(TypedDict):
     devices: dict[str, DeviceStatus]
     buses: dict[str, BusStatus]
     clock: NotRequired[ClockStatus]
+    #: Every destination (``mqtt`` is the first of them); missing from older agents.
+    destinations: NotRequired[list[DestinationStatus]]
 
 
 @functools.cache
@@ -252,6 +273,7 @@ def build_snapshot(
     buses: Mapping[str, BusState],
     buffer_error: str | None = None,
     clock: ClockSnapshot | None = None,
+    destinations: Sequence[DestinationView] = (),
 ) -> StatusSnapshot:
     """The agent's state as a JSON-ready mapping (pure: no clock, no I/O).
 
@@ -313,6 +335,24 @@ def build_snapshot(
             for bus_id, state in buses.items()
         },
     }
+    if destinations:
+        snap["destinations"] = [
+            {
+                "name": d.name,
+                "payload": d.payload,
+                "endpoint": d.stats.endpoint,
+                "connected": d.stats.connected,
+                "host": d.host,
+                "port": d.port,
+                "last_error": d.stats.last_error,
+                "published": d.stats.published,
+                "acked": d.stats.acked,
+                "resent": d.stats.resent,
+                "connects": d.stats.connects,
+                "connected_since": _iso(d.stats.connected_since) if d.stats.connected else None,
+            }
+            for d in destinations
+        ]
     if clock is not None:
         step = clock["last_step"]
         snap["clock"] = {
@@ -361,6 +401,10 @@ async def agent_snapshot(agent: Agent) -> StatusSnapshot:
         },
         buffer_error=buffer_error,
         clock=clock,
+        destinations=[
+            DestinationView(d.name, d.settings.payload, d.settings.host, d.settings.port, d.stats)
+            for d in agent.destinations.values()
+        ],
     )
 
 

@@ -64,8 +64,8 @@ def _yes(flag: bool, yes: str, no: str) -> Text:
     return Text(yes, style="green") if flag else Text(no, style="bold red")
 
 
-def _mqtt_line(m: MqttStatus) -> Text:
-    line = Text(f"MQTT {m['host']}:{m['port']}: ")
+def _mqtt_line(m: MqttStatus, label: str = "MQTT") -> Text:
+    line = Text(f"{label} {m['host']}:{m['port']}: ")
     if m["connected"]:
         line.append("connected", style="green")
         if m["connected_since"]:
@@ -129,7 +129,12 @@ def render(console: Console, snap: StatusSnapshot) -> None:
             f"up {_duration(snap['uptime_s'])} (since {snap['started']})"
         )
     )
-    console.print(_mqtt_line(snap["mqtt"]))
+    destinations = snap.get("destinations", [])
+    if len(destinations) > 1:
+        for dest in destinations:
+            console.print(_mqtt_line(dest, f"MQTT {dest['name']} ({dest['payload']})"))
+    else:
+        console.print(_mqtt_line(snap["mqtt"]))
     console.print(_buffer_line(snap["buffer"]))
     if "clock" in snap:  # an older agent has no clock section
         console.print(_clock_line(snap["clock"]))

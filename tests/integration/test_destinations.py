@@ -4,6 +4,9 @@ with the real agent, real brokers and the simulated site."""
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -64,7 +67,26 @@ def test_a_destination_down_for_30_s_holds_back_nothing_and_gets_its_backlog(
 
     scada.stop()
     stopped_at = time.time()
-    time.sleep(30)
+    time.sleep(5)
+    # the status command shows each destination: cloud up, scada down
+    status = subprocess.run(
+        [sys.executable, "-m", "swm_edge", "status", "-c", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    dests = {d["name"]: d for d in json.loads(status.stdout)["destinations"]}
+    assert (dests["cloud"]["connected"], dests["scada"]["connected"]) == (True, False)
+    assert dests["cloud"]["endpoint"] == f"{cloud.host}:{cloud.port}"
+    assert dests["scada"]["payload"] == "json" and dests["scada"]["last_error"]
+    text = subprocess.run(
+        [sys.executable, "-m", "swm_edge", "status", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    ).stdout
+    assert "MQTT cloud (json)" in text and "MQTT scada (json)" in text
+    time.sleep(25)
     during = [m for m in at_cloud.messages() if m.received_at > stopped_at]
     # the cloud got every second's three readings on time: no gap longer than 2 s
     arrivals = [stopped_at, *(m.received_at for m in during)]
