@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -162,3 +163,30 @@ def test_senml_cbor_destination_end_to_end(
     assert by_name["pressure"][1] == "Pa" and by_name["pressure"][2] == 425_000  # 4.25 bar
     assert abs(pack[0][-3] - time.time()) < 30
     assert not sub.messages(f"swm/{GATEWAY}/+/telemetry")  # only the configured format
+
+
+def test_reload_adds_a_destination_without_touching_the_first(
+    tmp_path: Path,
+    site: DemoSite,
+    mosquitto_factory: Any,
+    mqtt_collector: Any,
+    run_agent: Any,
+) -> None:
+    cloud, scada = mosquitto_factory(), mosquitto_factory()
+    at_cloud = mqtt_collector(cloud, f"swm/{GATEWAY}/#")
+    at_scada = mqtt_collector(scada, f"swm/{GATEWAY}/+/telemetry")
+    config = site_config(tmp_path, cloud, site)
+    agent = run_agent(config)
+    wait_until(lambda: len(seqs_of(at_cloud)) >= 3, 20, "first readings")
+    # the same first destination, now named in a list, plus a second one
+    both = two_destinations(tmp_path, site, cloud, scada).read_text()
+    config.write_text(both.replace("name: cloud", "name: default"))
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: len(seqs_of(at_scada)) >= 6, 20, "readings at the new destination")
+    assert agent.stop() == 0
+    cloud_seqs, scada_seqs = seqs_of(at_cloud), seqs_of(at_scada)
+    assert sorted(cloud_seqs) == list(range(1, max(cloud_seqs) + 1))  # kept its session
+    assert scada_seqs == list(range(scada_seqs[0], max(cloud_seqs) + 1))
+    online = [m for m in at_cloud.messages(f"swm/{GATEWAY}/status") if b"online" in m.payload]
+    assert len(online) == 1
+    assert "config reloaded" in agent.log() and "connection lost" not in agent.log()
