@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from swm_edge.buffer import Buffer
+from swm_edge.buffer import Buffer, BufferFileError, last_seq_of, move_aside
 from swm_edge.bus import Bus
 from swm_edge.clock import ClockMonitor
 from swm_edge.config import ConfigError, LoadedConfig, load_config
@@ -143,9 +143,30 @@ class Agent:
         max_bytes = int(cfg.buffer.max_mb * 1024 * 1024)
         destinations = broker_settings(loaded)
 
-        def open_buffer() -> Buffer:
+        def open_buffer(fresh: bool) -> Buffer:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return Buffer(path, max_bytes=max_bytes, destinations=[d.name for d in destinations])
+            names = [d.name for d in destinations]
+            if not fresh:
+                try:
+                    return Buffer(path, max_bytes=max_bytes, destinations=names)
+                except BufferFileError as exc:
+                    if not exc.damaged:
+                        raise
+            # Damaged: keep it for `sqlite3 .recover`, start a new buffer whose seqs go on
+            # after the old one's (or, if its last seq cannot be read, after any seq a
+            # gateway could have used: milliseconds since 1970).
+            last = last_seq_of(path)
+            aside = move_aside(path)
+            log.error(
+                "buffer %s is damaged: moved to %s (nothing deleted; `sqlite3 %s .recover` may "
+                "save its readings); starting a new buffer",
+                path,
+                aside,
+                aside,
+            )
+            buffer = Buffer(path, max_bytes=max_bytes, destinations=names)
+            buffer.raise_seq_floor(last if last is not None else int(time.time() * 1000))
+            return buffer
 
         self.spool = Spool(open_buffer)
         self.clock = clock_monitor(loaded)
@@ -375,9 +396,10 @@ class Agent:
         if 0 < up < len(self.destinations):
             mqtt = f"{up} of {len(self.destinations)} connected"
         clock = "" if self.clock.snapshot()["trusted"] else "; clock not synchronised"
+        storage = "; BUFFER FAILING" if self.spool.condition else ""
         return (
             f"{len(pollers)} devices ({offline} offline) on {len(self.buses)} buses "
-            f"({down} down); mqtt {mqtt}{clock}"
+            f"({down} down); mqtt {mqtt}{clock}{storage}"
         )
 
     def stalled(self) -> str | None:
@@ -404,8 +426,14 @@ class Agent:
         # Three pings per watchdog period: one late tick must not cost a restart.
         tick = min(interval / 3, STATUS_EVERY) if interval else STATUS_EVERY
         last_status = ""
+        last_problems: dict[str, str] = {}
         while True:
             await asyncio.sleep(tick)
+            problems = {"buffer": self.spool.condition} if self.spool.condition else {}
+            if problems != last_problems:  # e.g. the disk filled up, or has room again
+                for destination in self.destinations.values():
+                    destination.update_health(problems)
+                last_problems = problems
             problem = self.stalled()
             if problem is None:
                 if interval:

@@ -52,6 +52,7 @@ import math
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -114,15 +115,43 @@ _READ_CHUNK = 1000
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+def move_aside(path: Path) -> Path:
+    """Rename a buffer file (and its -wal/-shm files) to ``<name>.damaged-<UTC time>``, so a
+    new buffer can start while the old readings stay on disk for ``sqlite3 .recover``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = path.with_name(path.name + suffix)
+        if src.exists():
+            src.rename(aside.with_name(aside.name + suffix))
+    return aside
+
+
+def last_seq_of(path: Path) -> int | None:
+    """The last seq a (possibly damaged) buffer file assigned, or None if unreadable."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return int(row[0]) if row else 0
+
+
 class BufferFileError(Exception):
     """The buffer file cannot be used: not a buffer, corrupt, too new, or cannot be opened.
 
-    Nothing is deleted; ``path`` is the file and the message says what to do.
+    Nothing is deleted; ``path`` is the file and the message says what to do. ``damaged``:
+    the file is corrupt or not a database at all (as opposed to someone else's database, a
+    newer schema, or a file that cannot be opened), so moving it aside is the remedy.
     """
 
-    def __init__(self, path: Path, message: str) -> None:
+    def __init__(self, path: Path, message: str, *, damaged: bool = False) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
+        self.damaged = damaged
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +438,7 @@ class Buffer:
                     "deleted. Stop the agent and move the file aside (the agent then starts "
                     "with a new, empty buffer); if its readings matter, try "
                     f"`sqlite3 {self.path} .recover`.",
+                    damaged=True,
                 ) from exc
             if code == _SQLITE_CANTOPEN:
                 raise BufferFileError(
@@ -640,6 +670,22 @@ class Buffer:
             deleted, _added = self._sync_destinations(names)
         self._depth -= deleted
         self._checkpoint()
+
+    def raise_seq_floor(self, seq: int) -> None:
+        """Make the next seq larger than ``seq`` (a buffer that replaces a damaged one goes on
+        numbering after it, so a backend's de-duplication by seq stays right)."""
+        with self._translate_errors(), self._write():
+            row = self._conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'readings'"
+            ).fetchone()
+            if row is None:
+                self._conn.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('readings', ?)", (seq,)
+                )
+            elif int(row[0]) < seq:
+                self._conn.execute(
+                    "UPDATE sqlite_sequence SET seq = ? WHERE name = 'readings'", (seq,)
+                )
 
     def dropped_for(self, destination: str) -> int:
         """Rows dropped by the size bound before ``destination`` had acknowledged them."""

@@ -4,19 +4,38 @@ SQLite calls block, so every call to :class:`~swm_edge.buffer.Buffer` runs on a 
 worker thread (one connection, no lock needed). Readings from the scheduler queue up and
 are committed in batches; only after the commit are publishers woken, so a reading is
 durable before anyone can send it.
+
+When the storage fails (the disk is full, the folder read-only, the file damaged) polling
+goes on: readings are held in memory (bounded: the oldest go first, counted in ``lost``)
+and the write is retried with backoff; :attr:`Spool.condition` says what is wrong, for the
+status command and the status topic. A damaged file is moved aside by ``open_buffer(True)``
+and a new buffer started: nothing on disk is deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from swm_edge.buffer import Buffer, BufferStats, Row
+from swm_edge.buffer import Buffer, BufferFileError, BufferStats, Row
+from swm_edge.lograte import FailureLog
 from swm_edge.model import Reading
+
+log = logging.getLogger(__name__)
+
+#: What a failing disk raises; anything else is a bug and stays loud.
+STORAGE_ERRORS = (BufferFileError, sqlite3.Error, OSError)
+#: Readings held in memory while the buffer cannot be written (about 1 KB each).
+HOLD_MAX = 20_000
+#: Seconds between write attempts while the storage fails, at most.
+RETRY_MAX = 30.0
 
 T = TypeVar("T")
 
@@ -26,12 +45,14 @@ class Spool:
 
     def __init__(
         self,
-        open_buffer: Callable[[], Buffer],
+        open_buffer: Callable[[bool], Buffer],
         *,
         queue_size: int = 10_000,
         batch_max: int = 2_000,
         linger: float = 0.02,
+        hold_max: int = HOLD_MAX,
     ) -> None:
+        # open_buffer(fresh): fresh=True moves a damaged file aside and starts a new one.
         self._open_buffer = open_buffer
         self._buffer: Buffer | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
@@ -42,6 +63,17 @@ class Spool:
         self._listeners: list[asyncio.Event] = []
         self.committed = 0
         self._busy_since: float | None = None  # monotonic start of the write in progress
+        #: What is wrong with the storage now (None: nothing), for status and the topic.
+        self.condition: str | None = None
+        #: Readings dropped from memory while the buffer could not be written.
+        self.lost = 0
+        self._held: deque[Reading] = deque()
+        self._hold_max = hold_max
+        self._failures = FailureLog(log, "buffer")
+        self._retry = 1.0
+        self._last_seq = 0
+        #: Changes when a new buffer replaced a damaged one: publishers start over.
+        self.epoch = 0
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -52,8 +84,28 @@ class Spool:
         return self._buffer
 
     async def open(self) -> None:
-        """Open the buffer on the worker thread."""
-        self._buffer = await self._run(self._open_buffer)
+        """Open the buffer on the worker thread. A buffer that cannot be opened now (a
+        read-only or missing folder) is retried by :meth:`run`; a file that is not a
+        swm-edge buffer at all (or of a newer version) raises :class:`BufferFileError`."""
+        try:
+            self._buffer = await self._run(lambda: self._open_buffer(False))
+        except BufferFileError as exc:
+            if "cannot open" not in str(exc):
+                raise  # someone else's file at buffer.path: a config mistake, not a fault
+            self._storage_failed(exc)
+        except (sqlite3.Error, OSError) as exc:
+            self._storage_failed(exc)
+
+    @property
+    def held(self) -> int:
+        """Readings waiting in memory for the storage to come back."""
+        return len(self._held)
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        self.condition = f"cannot write the buffer: {exc}"
+        self._failures.failure(
+            str(exc), "readings are held in memory and the write retried; polling goes on"
+        )
 
     def listen(self) -> asyncio.Event:
         """An event set after every commit (a publisher clears it when it has caught up)."""
@@ -90,40 +142,115 @@ class Spool:
         await self._queue.put(reading)
 
     async def run(self) -> None:
-        """Commit queued readings in batches until cancelled."""
+        """Commit queued readings in batches until cancelled; while the storage fails,
+        hold them in memory and retry with backoff."""
         while True:
+            if self._held:
+                # Failing storage: keep taking readings so polling never blocks, retry
+                # the write at the backoff's pace.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._take(), self._retry)
+                await self._commit([])
+                continue
             batch = [await self._queue.get()]
             if self._linger and self._queue.qsize() < self._batch_max:
                 # A short linger turns a burst of polls into one transaction (one fsync).
                 await asyncio.sleep(self._linger)
             await self._commit(batch)
 
+    async def _take(self) -> None:
+        self._hold([await self._queue.get()])
+        while not self._queue.empty():
+            self._hold([self._queue.get_nowait()])
+
+    def _hold(self, readings: Iterable[Reading]) -> None:
+        for reading in readings:
+            if len(self._held) >= self._hold_max:
+                self._held.popleft()  # the documented drop-oldest, counted
+                self.lost += 1
+            self._held.append(reading)
+
     async def _commit(self, batch: list[Reading]) -> None:
         while len(batch) < self._batch_max and not self._queue.empty():
             batch.append(self._queue.get_nowait())
-        buffer = self.buffer
+        if self._held:
+            self._hold(batch)
+            batch = list(self._held)
+        if not batch:
+            return
         self._busy_since = time.monotonic()
         try:
-            await self._run(lambda: buffer.append(batch))
+            await self._run(lambda: self._append(batch))
+        except STORAGE_ERRORS as exc:
+            self._held = deque(batch)
+            while len(self._held) > self._hold_max:
+                self._held.popleft()
+                self.lost += 1
+            self._storage_failed(exc)
+            self._retry = min(self._retry * 2, RETRY_MAX)
+            return
         finally:
             self._busy_since = None
+        if self.condition is not None:
+            self.condition = None
+            self._failures.success()
+        self._held.clear()
+        self._retry = 1.0
         self.committed += len(batch)
         for event in self._listeners:
             event.set()
+
+    def _append(self, batch: list[Reading]) -> None:
+        """On the worker thread: open the buffer if needed (moving a damaged file aside),
+        then append."""
+        if self._buffer is None:
+            self._buffer = self._open_buffer(False)
+        try:
+            seqs = self._buffer.append(batch)
+        except BufferFileError as exc:
+            if not exc.damaged:
+                raise
+            # Damaged under us: keep the old file for recovery, go on with a new one.
+            with contextlib.suppress(Exception):
+                self._buffer.close()
+            self._buffer = None
+            self._buffer = self._open_buffer(True)
+            self._buffer.raise_seq_floor(self._last_seq)
+            self.epoch += 1
+            seqs = self._buffer.append(batch)
+        if seqs:
+            self._last_seq = seqs[-1]
 
     async def drain(self) -> None:
         """Commit everything still queued (on shutdown, after polling stopped)."""
         while not self._queue.empty():
             await self._commit([self._queue.get_nowait()])
+        if self._held:
+            await self._commit([])  # one last try; what still fails is lost with the process
+            if self._held:
+                log.error(
+                    "buffer: %d readings held in memory could not be written before the stop",
+                    len(self._held),
+                )
 
     async def fetch(self, destination: str, after_seq: int, limit: int) -> list[Row]:
-        buffer = self.buffer
-        return await self._run(lambda: buffer.fetch(destination, after_seq, limit))
+        buffer = self._buffer
+        if buffer is None:
+            return []
+        try:
+            return await self._run(lambda: buffer.fetch(destination, after_seq, limit))
+        except STORAGE_ERRORS as exc:
+            self._storage_failed(exc)
+            return []
 
     async def ack(self, destination: str, seqs: Iterable[int]) -> None:
-        buffer, items = self.buffer, list(seqs)
-        if items:
-            await self._run(lambda: buffer.ack(destination, items))
+        buffer, items = self._buffer, list(seqs)
+        if items and buffer is not None:
+            try:
+                await self._run(lambda: buffer.ack(destination, items))
+            except STORAGE_ERRORS as exc:
+                # Not deleted now means sent again later (at-least-once), never lost.
+                self._storage_failed(exc)
 
     async def stats(self) -> BufferStats:
         buffer = self.buffer

@@ -155,6 +155,11 @@ class BufferStatus(TypedDict):
     size_bytes: int | None
     queued: int
     error: str | None
+    #: What is wrong with the storage now (disk full, read-only, ...), and the readings held
+    #: in memory meanwhile and dropped from memory; missing from older agents.
+    condition: NotRequired[str | None]
+    held: NotRequired[int]
+    lost: NotRequired[int]
 
 
 @with_config(ConfigDict(extra="allow"))
@@ -274,6 +279,7 @@ def build_snapshot(
     buffer_error: str | None = None,
     clock: ClockSnapshot | None = None,
     destinations: Sequence[DestinationView] = (),
+    storage: tuple[str | None, int, int] = (None, 0, 0),
 ) -> StatusSnapshot:
     """The agent's state as a JSON-ready mapping (pure: no clock, no I/O).
 
@@ -323,6 +329,9 @@ def build_snapshot(
             "size_bytes": None if buffer is None else buffer.size_bytes,
             "queued": queued,
             "error": buffer_error if buffer is None else None,
+            "condition": storage[0],
+            "held": storage[1],
+            "lost": storage[2],
         },
         "devices": device_docs,
         "buses": {
@@ -405,6 +414,7 @@ async def agent_snapshot(agent: Agent) -> StatusSnapshot:
             DestinationView(d.name, d.settings.payload, d.settings.host, d.settings.port, d.stats)
             for d in agent.destinations.values()
         ],
+        storage=(agent.spool.condition, agent.spool.held, agent.spool.lost),
     )
 
 

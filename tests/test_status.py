@@ -110,6 +110,9 @@ def test_snapshot_carries_every_figure() -> None:
         "size_bytes": 65536,
         "queued": 1,
         "error": None,
+        "condition": None,
+        "held": 0,
+        "lost": 0,
     }
     assert snap["devices"]["flow-1"] == {
         "bus": "lan",
@@ -161,6 +164,9 @@ def test_snapshot_edge_values() -> None:
         "size_bytes": None,
         "queued": 1,
         "error": "the buffer did not answer within 2 s",
+        "condition": None,
+        "held": 0,
+        "lost": 0,
     }
     assert missing["devices"]["flow-1"]["polls"] == 12
 

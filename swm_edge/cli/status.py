@@ -83,6 +83,9 @@ def _mqtt_line(m: MqttStatus, label: str = "MQTT") -> Text:
 
 def _buffer_line(b: BufferStatus) -> Text:
     line = Text("Buffer: ")
+    if b.get("condition"):
+        line.append(f"FAILING: {b['condition']}", style="bold red")
+        line.append(f"; {b.get('held', 0)} readings held in memory, {b.get('lost', 0)} lost; ")
     if b["error"]:
         line.append(b["error"], style="bold red")
         line.append(f"; {b['queued']} queued")

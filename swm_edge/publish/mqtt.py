@@ -128,6 +128,7 @@ class Destination:
         self._inflight: dict[int, Row] = {}
         self._resend: list[Row] = []
         self._cursor = 0
+        self._epoch = spool.epoch
         self._acked: list[int] = []
         self._acks_pending = asyncio.Event()
         self._stop = threading.Event()
@@ -161,6 +162,15 @@ class Destination:
             room = window - len(self._inflight)
             if not self.stats.connected or room <= 0:
                 await self._wake.wait()
+                continue
+            if self._epoch != self.spool.epoch:
+                # A new buffer replaced a damaged one: its rows are all new to us, and
+                # nothing in flight from the old one may ack a row of the new one.
+                self._epoch = self.spool.epoch
+                self._cursor = 0
+                self._inflight.clear()
+                self._resend.clear()
+                self._acked.clear()
                 continue
             if self._resend:
                 rows, self._resend = self._resend[:room], self._resend[room:]
@@ -262,6 +272,12 @@ class Destination:
         for topic, qos in self.wire.subscriptions():
             client.subscribe(topic, qos)
         self._wake.set()
+
+    def update_health(self, problems: dict[str, str]) -> None:
+        """Tell the wire about the gateway's health; published now if connected."""
+        messages = self.wire.health(problems)
+        if self.stats.connected:
+            self._send(messages)
 
     def _on_message(self, generation: int, topic: str, payload: bytes) -> None:
         if generation != self._active or not self.stats.connected:

@@ -76,6 +76,11 @@ class Wire(ABC):
         """What to publish before a clean disconnect (the will is not sent then)."""
         return None
 
+    def health(self, problems: dict[str, str]) -> list[Message]:
+        """The gateway's health changed (``problems``: e.g. ``{"buffer": "disk full"}``,
+        empty when all is well): what to publish now, and to include on reconnects."""
+        return []
+
 
 def _status(settings: BrokerSettings, state: str, **extra: object) -> Message:
     doc = {"state": state, "gateway": settings.gateway_id, **extra}
@@ -91,11 +96,25 @@ class StatusWire(Wire):
     #: Last topic level of the telemetry topic.
     suffix = "telemetry"
 
+    _problems: dict[str, str] | None = None
+    _since: int = 0
+
     def will(self) -> Message:
         return _status(self.settings, "offline")
 
     def connected(self) -> list[Message]:
-        return [_status(self.settings, "online", version=__version__, since=int(time.time()))]
+        self._since = int(time.time())
+        return [self._online()]
+
+    def health(self, problems: dict[str, str]) -> list[Message]:
+        self._problems = dict(problems) or None
+        return [self._online()]
+
+    def _online(self) -> Message:
+        extra: dict[str, object] = {"version": __version__, "since": self._since}
+        if self._problems:
+            extra["problems"] = self._problems
+        return _status(self.settings, "online", **extra)
 
     def closing(self) -> Message:
         return _status(self.settings, "offline")

@@ -44,7 +44,7 @@ async def with_destination(
     body: Callable[[Spool, Destination], Awaitable[None]],
 ) -> None:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    spool = Spool(lambda: Buffer(tmp_path / "buf.sqlite", max_bytes=8 << 20))
+    spool = Spool(lambda _fresh: Buffer(tmp_path / "buf.sqlite", max_bytes=8 << 20))
     await spool.open()
     dest = Destination(cfg, spool, JsonWire(cfg))
     tasks = [asyncio.create_task(spool.run()), asyncio.create_task(dest.run())]
