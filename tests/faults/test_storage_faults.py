@@ -215,3 +215,28 @@ def test_a_read_only_data_folder_holds_readings_until_it_is_writable(
         assert (data / "buffer.sqlite").exists()
     finally:
         umount(data)
+
+
+def test_someone_elses_database_at_buffer_path_is_refused_and_left_alone(
+    tmp_path: Path, site: DemoSite, mosquitto: Mosquitto
+) -> None:
+    import sqlite3
+
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "buffer.sqlite"
+    with sqlite3.connect(path) as conn:  # e.g. buffer.path pointed at another program's file
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        conn.execute("INSERT INTO invoices (total) VALUES (12.5)")
+    before = path.read_bytes()
+    config = config_in(tmp_path, data, mosquitto, site)
+    run = subprocess.run(
+        [sys.executable, "-m", "swm_edge", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 1
+    assert "not a swm-edge buffer" in run.stderr and "Traceback" not in run.stderr
+    assert path.read_bytes() == before
+    assert not [p for p in data.iterdir() if ".damaged-" in p.name]
