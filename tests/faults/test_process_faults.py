@@ -48,6 +48,7 @@ def test_kill_9_at_random_moments_loses_nothing_committed(
     )
     config = site_config(tmp_path, broker, site, interval=0.1, extra_device=extra)
     config.write_text(config.read_text().replace("max_mb: 16", "max_mb: 0.0625"))
+    buffer = tmp_path / "buffer.sqlite"
     for cycle in range(CYCLES):
         # an outage over cycles 2-6 (a backlog, trimmed), then restarts while it drains
         broker_up = not 2 <= cycle % 10 <= 6
@@ -56,11 +57,15 @@ def test_kill_9_at_random_moments_loses_nothing_committed(
         elif not broker_up and broker.running:
             broker.stop()
         agent = AgentProcess(config, log_level="info")
-        time.sleep(rng.uniform(0.3, 2.5))
+        if cycle == 0:  # a first run that surely commits (start-up is slow on a busy box)
+            deadline = time.monotonic() + 30
+            while not (buffer.exists() and sub.messages()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        # anywhere from mid start-up to well into polling
+        time.sleep(rng.uniform(0.3, 3.0))
         agent.kill()
     if not broker.running:
         broker.start()
-    buffer = tmp_path / "buffer.sqlite"
     with BufferReader(buffer) as reader:
         before = reader.stats().last_assigned_seq
     final = AgentProcess(config, log_level="info")
