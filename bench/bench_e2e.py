@@ -535,6 +535,7 @@ def run_workload(
     warmup: float,
     profile_dir: Path | None,
     console: Console,
+    messages_out: list[Message] | None = None,
 ) -> Result:
     """Bring the whole chain up, measure one steady window, bring it down again."""
     interval = workload.interval
@@ -608,6 +609,9 @@ def run_workload(
                 profile["file"] = str(profile_out)
         stop_agent.close()
         messages = collector.messages()
+        if messages_out is not None:
+            # For bench/run.py: scheduling jitter from the same run's ts values.
+            messages_out.extend(messages)
 
     count, good, bad, latencies, missing, duplicates = analyse(messages, t0, t1)
 
