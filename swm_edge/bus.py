@@ -36,6 +36,7 @@ from swm_edge.driver import (
     SerialTransport,
 )
 from swm_edge.lograte import FailureLog
+from swm_edge.modbus.timing import silent_interval
 from swm_edge.model import BusSpec, Table
 
 log = logging.getLogger(__name__)
@@ -476,7 +477,20 @@ class _Guard:
 
     def __init__(self, bus: Bus, request_delay: float) -> None:
         self._bus = bus
-        self._delay = max(request_delay, bus.spec.request_delay)
+        spec = bus.spec
+        self._delay = max(request_delay, spec.request_delay)
+        if spec.type == "modbus-rtu":
+            # RTU frames are delimited by silence: the next request may start only t3.5
+            # after the last answer ended (the bench measured 0.8 ms without this).
+            self._delay = max(
+                self._delay,
+                silent_interval(
+                    baudrate=spec.baudrate,
+                    parity=spec.parity,
+                    stopbits=spec.stopbits,
+                    bytesize=spec.bytesize,
+                ),
+            )
 
     async def _guard(self, call: Callable[[], Any], *, pause: bool = True) -> Any:
         if pause:

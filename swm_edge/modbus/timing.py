@@ -31,6 +31,14 @@ _FIXED_SILENCE_SECONDS = 0.00175
 _PARITIES = frozenset("NEOMS")
 
 
+def silent_interval(*, baudrate: int, parity: str, stopbits: int, bytesize: int) -> float:
+    """The RTU inter-frame silence t3.5 (Modbus over Serial Line v1.02, 2.5.1.1), seconds."""
+    if baudrate > _FIXED_SILENCE_ABOVE_BAUD:
+        return _FIXED_SILENCE_SECONDS
+    char = _char_seconds(baudrate=baudrate, parity=parity, stopbits=stopbits, bytesize=bytesize)
+    return _SILENT_CHARS * char
+
+
 def rtu_request_seconds(
     request: ReadRequest, *, baudrate: int, parity: str, stopbits: int, bytesize: int
 ) -> float:
@@ -47,10 +55,9 @@ def rtu_request_seconds(
     char = _char_seconds(baudrate=baudrate, parity=parity, stopbits=stopbits, bytesize=bytesize)
     data_bytes = math.ceil(request.count / 8) if request.table.is_bits else 2 * request.count
     frame_chars = _REQUEST_BYTES + _RESPONSE_OVERHEAD_BYTES + data_bytes
-    if baudrate > _FIXED_SILENCE_ABOVE_BAUD:
-        silence = _FIXED_SILENCE_SECONDS
-    else:
-        silence = _SILENT_CHARS * char
+    silence = silent_interval(
+        baudrate=baudrate, parity=parity, stopbits=stopbits, bytesize=bytesize
+    )
     return frame_chars * char + 2 * silence + DEVICE_TURNAROUND_SECONDS
 
 

@@ -147,3 +147,27 @@ def test_property_more_data_or_slower_line_takes_longer(
     assert t > DEVICE_TURNAROUND_SECONDS
     assert more > t if not table.is_bits else more >= t
     assert slower > t
+
+
+def test_silent_interval_is_3_5_characters_up_to_19200_baud_then_fixed() -> None:
+    from swm_edge.modbus.timing import silent_interval
+
+    # 8N1: 10 bits a character; 8E1: 11 (Modbus over Serial Line v1.02, 2.5.1.1)
+    assert silent_interval(baudrate=9600, parity="N", stopbits=1, bytesize=8) == pytest.approx(
+        3.5 * 10 / 9600
+    )
+    assert silent_interval(baudrate=9600, parity="E", stopbits=1, bytesize=8) == pytest.approx(
+        3.5 * 11 / 9600
+    )
+    assert silent_interval(baudrate=38400, parity="E", stopbits=1, bytesize=8) == 0.00175
+
+
+def test_an_rtu_bus_keeps_the_silence_between_requests() -> None:
+    from swm_edge.bus import Bus, _Guard
+    from swm_edge.model import BusSpec
+
+    rtu = Bus(BusSpec(id="b", type="modbus-rtu", timeout=0.1, port="/dev/null", parity="E"))
+    tcp = Bus(BusSpec(id="t", type="modbus-tcp", timeout=0.1, host="127.0.0.1"))
+    assert _Guard(rtu, 0.0)._delay == pytest.approx(3.5 * 11 / 9600)
+    assert _Guard(rtu, 0.02)._delay == 0.02  # a longer device delay wins
+    assert _Guard(tcp, 0.0)._delay == 0.0
