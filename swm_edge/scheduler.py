@@ -106,14 +106,20 @@ class DevicePoller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=min(delay, MAX_SLEEP))
                 continue
+            started = time.monotonic()
             reading = await self.poll_once()
             await self.sink(reading)
             now = self.clock()
             following = slot + interval
             if now >= following:
-                missed = math.floor((now - following) / interval) + 1
-                self._overrun(missed)
-                following += missed * interval
+                if time.monotonic() - started < interval:
+                    # The poll was quick: the wall clock stepped forward (an NTP sync), no
+                    # slot was missed. Realign instead of counting an hour as overruns.
+                    following = next_slot(now, interval)
+                else:
+                    missed = math.floor((now - following) / interval) + 1
+                    self._overrun(missed)
+                    following += missed * interval
             slot = following
 
     def stall_limit(self, floor: float) -> float:

@@ -127,4 +127,7 @@ def _decode_point(req: ReadRequest, point: Any, data: list[Any]) -> PointValue:
         # NaN/inf is how many devices flag an inactive channel or an over-range; it is
         # not a measurement and JSON cannot carry it.
         return PointValue.bad(Reason.DECODE, point.unit)
-    return PointValue.good(scale_value(point, raw), point.unit)
+    value = scale_value(point, raw)
+    if isinstance(value, float) and not math.isfinite(value):
+        return PointValue.bad(Reason.DECODE, point.unit)  # scaling overflowed: no measurement
+    return PointValue.good(value, point.unit)
