@@ -103,6 +103,7 @@ __all__ = [
     "run_cli",
     "run_pipeline",
     "unavailable",
+    "wait_until",
     "write_config",
 ]
 
@@ -878,6 +879,23 @@ class ModbusTcpDevice:
 
     def __repr__(self) -> str:
         return f"ModbusTcpDevice({self.host}:{self.port}, unit={self.unit})"
+
+
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float = 20.0,
+    what: str = "condition",
+    *,
+    interval: float = 0.05,
+) -> None:
+    """Poll ``predicate`` until it is true; after ``timeout`` seconds fail the test with
+    ``timed out waiting for <what>`` (an AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def agent_env(

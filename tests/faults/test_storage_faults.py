@@ -23,7 +23,7 @@ from swm_edge_hil.site import DemoSite
 
 from swm_edge.buffer import Buffer
 from swm_edge.model import PointValue, Reading
-from swm_edge.testing import Mosquitto, MqttCollector, unavailable
+from swm_edge.testing import Mosquitto, MqttCollector, unavailable, wait_until
 
 
 @pytest.fixture
@@ -73,15 +73,6 @@ def status_of(config: Path) -> dict[str, Any]:
         timeout=20,
     )
     return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def seqs(collector: MqttCollector) -> list[int]:

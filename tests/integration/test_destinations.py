@@ -17,7 +17,7 @@ from swm_edge_hil.site import DemoSite
 
 from swm_edge.broker import free_port
 from swm_edge.buffer import BufferReader
-from swm_edge.testing import Mosquitto, MqttCollector
+from swm_edge.testing import Mosquitto, MqttCollector, wait_until
 
 
 def two_destinations(tmp_path: Path, site: DemoSite, cloud: Mosquitto, scada: Mosquitto) -> Path:
@@ -37,15 +37,6 @@ def two_destinations(tmp_path: Path, site: DemoSite, cloud: Mosquitto, scada: Mo
 
 def seqs_of(collector: MqttCollector) -> list[int]:
     return [d["seq"] for d in telemetry(collector.messages())]
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_destination_down_for_30_s_holds_back_nothing_and_gets_its_backlog(

@@ -20,7 +20,7 @@ import pytest
 from swm_edge_hil.harness import GATEWAY, per_device, site_config, telemetry
 from swm_edge_hil.site import DemoSite
 
-from swm_edge.testing import Mosquitto, MqttCollector
+from swm_edge.testing import Mosquitto, MqttCollector, wait_until
 
 
 class ServiceManager:
@@ -74,15 +74,6 @@ def manager(tmp_path: Path) -> Iterator[ServiceManager]:
     m = ServiceManager(tmp_path / "notify.sock")
     yield m
     m.close()
-
-
-def wait_until(predicate: Any, timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_ready_status_watchdog_and_stop_as_systemd_sees_them(
