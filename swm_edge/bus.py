@@ -92,6 +92,10 @@ class ModbusLine(Line):
         """Read bits (function 1 or 2)."""
 
 
+# Bytes of an RTU answer kept to check what came with it (the longest answer is 256).
+_RX_TAIL_MAX = 512
+
+
 class PymodbusLine(ModbusLine):
     """pymodbus' asyncio client, Modbus TCP or RTU over a serial port."""
 
@@ -99,13 +103,27 @@ class PymodbusLine(ModbusLine):
         super().__init__(spec)
         self._client: Any = None
         self._rx_bytes = 0
+        self._rx_tail = bytearray()  # the last bytes that arrived (bounded)
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         # Counting what arrived tells a silent device (timeout) from one whose answer
         # was unusable (bad CRC, garbage), which pymodbus' framer drops without a word.
         if not sending:
             self._rx_bytes += len(data)
+            self._rx_tail += data
+            del self._rx_tail[:-_RX_TAIL_MAX]
         return data
+
+    def _answer_is_last(self, unit: int, answer_bytes: int) -> bool:
+        """Whether the bytes that arrived end with one whole, valid answer from ``unit``:
+        extra bytes before it (a late frame of another request, skipped by pymodbus) are
+        harmless; extra bytes after it mean the frame on the wire was not that answer."""
+        from pymodbus.framer.rtu import FramerRTU
+
+        tail = bytes(self._rx_tail[-answer_bytes:])
+        if len(tail) < answer_bytes or tail[0] != unit:
+            return False
+        return FramerRTU.compute_CRC(tail[:-2]) == int.from_bytes(tail[-2:], "big")
 
     def _make_client(self) -> Any:
         from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -157,7 +175,14 @@ class PymodbusLine(ModbusLine):
         return self._client is not None and bool(self._client.connected)
 
     async def _call(
-        self, fn: Callable[..., Any], address: int, count: int, unit: int, timeout: float
+        self,
+        fn: Callable[..., Any],
+        address: int,
+        count: int,
+        unit: int,
+        timeout: float,
+        *,
+        answer_bytes: int | None = None,
     ) -> Any:
         from pymodbus.exceptions import ConnectionException, ModbusException
 
@@ -168,6 +193,7 @@ class PymodbusLine(ModbusLine):
         # timeout per request is safe and gives each device its own timeout.
         client.ctx.comm_params.timeout_connect = timeout
         self._rx_bytes = 0
+        self._rx_tail.clear()
         try:
             response = await fn(address, count=count, device_id=unit)
         except ConnectionException as exc:
@@ -184,6 +210,19 @@ class PymodbusLine(ModbusLine):
             raise ConnectionLost(str(exc)) from exc
         if response.isError():
             raise DeviceException(int(response.exception_code))
+        if (
+            answer_bytes is not None
+            and self.spec.type == "modbus-rtu"
+            and self._rx_bytes > answer_bytes
+            and not self._answer_is_last(unit, answer_bytes)
+        ):
+            # pymodbus checks the CRC over the length the header announces and drops the
+            # rest unseen: bytes after the answer mean the frame on the wire was longer
+            # than an answer (noise, an over-long frame), so it is not trusted.
+            raise CrcError(
+                f"{self._rx_bytes} bytes arrived for a {answer_bytes}-byte answer (extra bytes "
+                "after it on the line)"
+            )
         return response
 
     async def read_registers(
@@ -201,7 +240,8 @@ class PymodbusLine(ModbusLine):
         )
         if fn is None:
             raise ConnectionLost(f"{self._where()} is not open")
-        response = await self._call(fn, address, count, unit, timeout)
+        # RTU answer: unit, function, byte count, 2 bytes a register, CRC (2)
+        response = await self._call(fn, address, count, unit, timeout, answer_bytes=5 + 2 * count)
         words = list(response.registers)
         if len(words) != count:
             raise DecodeError(f"asked for {count} registers, got {len(words)}")
@@ -214,7 +254,9 @@ class PymodbusLine(ModbusLine):
         if client is None:
             raise ConnectionLost(f"{self._where()} is not open")
         fn = client.read_coils if table is Table.COIL else client.read_discrete_inputs
-        response = await self._call(fn, address, count, unit, timeout)
+        response = await self._call(
+            fn, address, count, unit, timeout, answer_bytes=5 + (count + 7) // 8
+        )
         bits = [bool(b) for b in response.bits]
         if len(bits) < count:
             raise DecodeError(f"asked for {count} bits, got {len(bits)}")

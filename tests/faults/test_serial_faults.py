@@ -39,9 +39,9 @@ two devices in a slot, so the parametrized test leaves it out and three tests ma
 deterministic by choosing which unit's next request gets the echo (the sonde's: alone, or
 in one write with the sonde's answer; the pressure transmitter's own next request).
 
-Findings (strict xfails, the agent is not changed here): an over-long frame is taken as
-good data; a late foreign frame read together with the right answer swallows that answer;
-a late answer of the same unit is taken as the answer to its next block read.
+Findings kept as strict xfails: a late foreign frame read together with the right answer
+swallows that answer; a late answer of the same unit is taken as the answer to its next
+block read. (An over-long frame used to be taken as good data; fixed in swm_edge.bus.)
 
 One agent, one broker and one site serve the whole module (start-up costs more than a
 case); each case clears the fault at its end. The fault kinds added to
@@ -205,7 +205,9 @@ def slot(doc: dict[str, Any]) -> float:
     return dt.datetime.fromisoformat(doc["ts"].replace("Z", "+00:00")).timestamp()
 
 
-def run_fault(rig: Rig, fault: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def run_fault(
+    rig: Rig, fault: str, *, every_slot: bool = True
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Put ``fault`` on the pressure transmitter for six slots, clear it, wait for it to
     read good again; returns the docs of (faulty, healthy) of the slots entirely inside
     the fault."""
@@ -239,8 +241,8 @@ def run_fault(rig: Rig, fault: str) -> tuple[list[dict[str, Any]], list[dict[str
     faulty = [d for d in rig.docs(FAULTY) if first <= slot(d) <= last]
     healthy = [d for d in rig.docs(HEALTHY) if first <= slot(d) <= last]
     assert len(faulty) >= 3, faulty
-    # the faulty device keeps being polled every slot, too
-    assert_every_slot(faulty, first, last)
+    if every_slot:  # the faulty device keeps being polled every slot, too
+        assert_every_slot(faulty, first, last)
     return faulty, healthy
 
 
@@ -261,15 +263,6 @@ def assert_healthy(rig: Rig, healthy: list[dict[str, Any]]) -> None:
     assert not [wrong_values(d, served) for d in healthy if wrong_values(d, served)]
 
 
-OVERLONG_TAKEN = (
-    "an over-long RTU frame (valid reply + 4 trailing bytes, no silence between) is "
-    "published as good data: pymodbus' RTU framer (FramerRTU.decode) checks the CRC at "
-    "the length the header announces and then reports the whole receive buffer as used, "
-    "so the trailing bytes are dropped unseen and the frame on the wire, which has no "
-    "valid CRC as a whole, is taken (expected: bad, crc)"
-)
-
-
 @pytest.mark.parametrize(
     ("fault", "reason"),
     [
@@ -279,9 +272,9 @@ OVERLONG_TAKEN = (
         ("bad_crc", "crc"),
         ("wrong_unit", "crc"),
         ("truncated", "crc"),
-        pytest.param(
-            "overlong", "crc", marks=pytest.mark.xfail(strict=True, reason=OVERLONG_TAKEN)
-        ),
+        # used to be taken as good data (pymodbus drops trailing bytes unseen); the bus now
+        # counts the bytes of the answer
+        ("overlong", "crc"),
         ("late:0.4", "timeout"),
         ("intermittent:0.5", "timeout"),
     ],
@@ -313,7 +306,9 @@ def test_late_echo_before_another_units_request_is_skipped(rig: Rig) -> None:
     rig.echo_to.add(2)
     rig.echo_with_answer[0] = False
     try:
-        faulty, healthy = run_fault(rig, "late_echo")
+        # a timed-out poll (0.3 s + the 50 ms quiet time) and the sonde's read share a
+        # 0.5 s slot: on a busy machine the pair may overrun it, a counted, skipped slot
+        faulty, healthy = run_fault(rig, "late_echo", every_slot=False)
     finally:
         rig.echo_to.clear()
     assert all(all_bad(d, "timeout") for d in faulty), [d["readings"] for d in faulty]
