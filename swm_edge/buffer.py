@@ -148,10 +148,14 @@ class BufferFileError(Exception):
     newer schema, or a file that cannot be opened), so moving it aside is the remedy.
     """
 
-    def __init__(self, path: Path, message: str, *, damaged: bool = False) -> None:
+    def __init__(
+        self, path: Path, message: str, *, damaged: bool = False, cannot_open: bool = False
+    ) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
         self.damaged = damaged
+        #: The file or its folder cannot be opened now (read-only, missing): worth retrying.
+        self.cannot_open = cannot_open
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +449,7 @@ class Buffer:
                     self.path,
                     f"cannot open the buffer file ({exc}); does its folder exist and is it "
                     "writable by the agent?",
+                    cannot_open=True,
                 ) from exc
             raise
 

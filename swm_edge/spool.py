@@ -90,7 +90,7 @@ class Spool:
         try:
             self._buffer = await self._run(lambda: self._open_buffer(False))
         except BufferFileError as exc:
-            if "cannot open" not in str(exc):
+            if not exc.cannot_open:
                 raise  # someone else's file at buffer.path: a config mistake, not a fault
             self._storage_failed(exc)
         except (sqlite3.Error, OSError) as exc:
