@@ -9,27 +9,15 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from swm_edge_hil.harness import GATEWAY, AgentProcess, SiteRunner, site_config, telemetry
+from swm_edge_hil.harness import GATEWAY, AgentProcess, site_config, telemetry
 from swm_edge_hil.site import DemoSite
 
 from swm_edge.buffer import BufferReader
 
 CYCLES = 50 if os.environ.get("SWM_EDGE_LONG_FAULTS") else 10
-
-
-@pytest.fixture
-def site() -> Iterator[DemoSite]:
-    runner = SiteRunner(tick=0)
-    runner.site.freeze()
-    try:
-        yield runner.site
-    finally:
-        runner.close()
 
 
 def test_kill_9_at_random_moments_loses_nothing_committed(

@@ -18,22 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from swm_edge_hil.harness import GATEWAY, AgentProcess, SiteRunner, site_config, telemetry
+from swm_edge_hil.harness import GATEWAY, AgentProcess, site_config, telemetry
 from swm_edge_hil.site import DemoSite
 
 from swm_edge.buffer import Buffer
 from swm_edge.model import PointValue, Reading
 from swm_edge.testing import Mosquitto, MqttCollector, unavailable, wait_until
-
-
-@pytest.fixture
-def site() -> Iterator[DemoSite]:
-    runner = SiteRunner(tick=0)
-    runner.site.freeze()
-    try:
-        yield runner.site
-    finally:
-        runner.close()
 
 
 @pytest.fixture
