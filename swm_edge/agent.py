@@ -70,6 +70,7 @@ def broker_settings(loaded: LoadedConfig) -> list[BrokerSettings]:
                 keepalive=m.keepalive,
                 protocol=str(m.protocol),
                 inflight=m.inflight,
+                batch=m.batch,
                 reconnect_min=m.reconnect_min,
                 reconnect_max=m.reconnect_max,
             )

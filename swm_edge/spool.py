@@ -72,6 +72,7 @@ class Spool:
         self._failures = FailureLog(log, "buffer")
         self._retry = 1.0
         self._last_seq = 0
+        self._recent: list[Row] = []  # the last commit's rows, for caught-up publishers
         #: Changes when a new buffer replaced a damaged one: publishers start over.
         self.epoch = 0
 
@@ -180,7 +181,7 @@ class Spool:
             return
         self._busy_since = time.monotonic()
         try:
-            await self._run(lambda: self._append(batch))
+            seqs = await self._run(lambda: self._append(batch))
         except STORAGE_ERRORS as exc:
             self._held = deque(batch)
             while len(self._held) > self._hold_max:
@@ -197,12 +198,13 @@ class Spool:
         self._held.clear()
         self._retry = 1.0
         self.committed += len(batch)
+        self._recent = [Row(seq, reading) for seq, reading in zip(seqs, batch, strict=True)]
         for event in self._listeners:
             event.set()
 
-    def _append(self, batch: list[Reading]) -> None:
+    def _append(self, batch: list[Reading]) -> list[int]:
         """On the worker thread: open the buffer if needed (moving a damaged file aside),
-        then append."""
+        then append; the batch's seqs."""
         if self._buffer is None:
             self._buffer = self._open_buffer(False)
         try:
@@ -220,6 +222,7 @@ class Spool:
             seqs = self._buffer.append(batch)
         if seqs:
             self._last_seq = seqs[-1]
+        return seqs
 
     async def drain(self) -> None:
         """Commit everything still queued (on shutdown, after polling stopped)."""
@@ -233,7 +236,16 @@ class Spool:
                     len(self._held),
                 )
 
+    def committed_after(self, seq: int) -> list[Row]:
+        """The rows of the last commit when they directly follow ``seq`` (a publisher that
+        has caught up takes them from here instead of reading them back); else ``[]``."""
+        recent = self._recent
+        if recent and recent[0].seq == seq + 1:
+            return recent
+        return []
+
     async def fetch(self, destination: str, after_seq: int, limit: int) -> list[Row]:
+        """Up to ``limit`` rows pending for ``destination`` after ``after_seq``."""
         buffer = self._buffer
         if buffer is None:
             return []

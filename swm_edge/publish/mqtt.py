@@ -6,23 +6,30 @@ broker acknowledged them (PUBACK at QoS 1, PUBCOMP at QoS 2). Nothing else ever 
 reading from the buffer, so a broker that drops, a network that black-holes or a process
 that is killed costs at most a re-send (the backend de-duplicates on ``seq``).
 
-paho's network loop runs in a thread of its own per destination; its callbacks only hand
-events to the asyncio loop (``call_soon_threadsafe``). A fresh paho client is made for every
-connection attempt, so messages of a dead session can never be re-sent behind our back:
-what to re-send is decided here, from the buffer.
+paho runs on the agent's asyncio loop, not in a network thread of its own: the loop watches
+the socket and calls paho's ``loop_read``/``loop_write``/``loop_misc`` (paho's documented
+external-loop mode). Only the blocking TCP connect and TLS handshake run in a short-lived
+thread. One thread for delivery means no lock contention with paho's network thread and
+no thread hand-off per acknowledgement, which were most of a backlog drain's CPU (see
+docs/performance.md). A fresh paho client is made for every connection attempt, so
+messages of a dead session can never be re-sent behind our back: what to re-send is
+decided here, from the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 import tenacity
@@ -39,6 +46,17 @@ log = logging.getLogger(__name__)
 
 # Largest message accepted on a subscription (Sparkplug NCMD): remote input is bounded.
 MAX_INCOMING = 64 * 1024
+# Rows fetched from the buffer at once: a backlog drains without a buffer round trip per
+# in-flight window.
+FETCH_AHEAD = 512
+# Largest payload of a batch message (well under the 128 KiB some cloud brokers accept).
+BATCH_BYTES = 64 * 1024
+# Seconds between paho's housekeeping calls (keepalive pings, ping timeouts).
+MISC_INTERVAL = 1.0
+# Longest wait at stop for readings committed by the last polls to be acknowledged.
+STOP_DRAIN = 2.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,8 @@ class BrokerSettings:
     keepalive: int = 30
     protocol: str = "5"
     inflight: int = 64
+    #: Readings of one device per message at most (1: one message per reading).
+    batch: int = 1
     reconnect_min: float = 1.0
     reconnect_max: float = 60.0
 
@@ -120,40 +140,42 @@ class Destination:
         self._content_types: dict[str, Properties] = {}
         self.stats = DestinationStats()
         self._ack_interval = ack_interval
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = spool.listen()
-        self._client: paho.Client | None = None
+        self._client: paho.Client | None = None  # the connected client (after CONNACK)
         # Which connection's callbacks count: events of an older paho client are dropped.
         self._active = 0
-        self._inflight: dict[int, Row] = {}
-        self._resend: list[Row] = []
-        self._cursor = 0
+        self._generation = 0
+        # mid -> the rows its message carries (one, or a batch of one device's rows)
+        self._inflight: dict[int, list[Row]] = {}
+        # Rows to publish next, in seq order: re-sends first, then rows fetched ahead.
+        self._pending: deque[Row] = deque()
+        self._cursor = 0  # the highest seq taken from the buffer
+        self._caught_up = False  # the last look at the buffer found nothing new
         self._epoch = spool.epoch
         self._acked: list[int] = []
         self._acks_pending = asyncio.Event()
-        self._stop = threading.Event()
-        self._session_ok = False  # network thread only: did the last connection get a CONNACK
-        self._thread: threading.Thread | None = None
+        self._control_waiters: dict[int, asyncio.Future[None]] = {}
+        self._stopping = asyncio.Event()
+        self._session_ended = asyncio.Event()
+        self._session_ok = False  # did the current connection get a CONNACK
+        self._connector: asyncio.Task[None] | None = None
         self.failures = FailureLog(log, f"mqtt {name}")
         self._wait = tenacity.wait_exponential_jitter(
             multiplier=settings.reconnect_min, max=settings.reconnect_max
         )
 
-    # ---- asyncio side -------------------------------------------------------------
+    # ---- delivery ---------------------------------------------------------------------
     async def run(self) -> None:
-        """Deliver until cancelled; start the network thread first."""
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(
-            target=self._network_main, name=f"mqtt-{self.name}", daemon=True
-        )
-        self._thread.start()
+        """Connect (and reconnect) and deliver until cancelled."""
+        self._connector = asyncio.create_task(self._connection_loop(), name=f"mqtt-{self.name}")
         acker = asyncio.create_task(self._ack_loop(), name=f"acks-{self.name}")
         try:
             await self._deliver_loop()
         finally:
-            acker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await acker
+            for task in (self._connector, acker):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _deliver_loop(self) -> None:
         window = self.settings.inflight
@@ -169,49 +191,78 @@ class Destination:
                 self._epoch = self.spool.epoch
                 self._cursor = 0
                 self._inflight.clear()
-                self._resend.clear()
+                self._pending.clear()
                 self._acked.clear()
                 continue
-            if self._resend:
-                rows, self._resend = self._resend[:room], self._resend[room:]
-                self.stats.resent += len(rows)
-            else:
-                rows = await self.spool.fetch(self.name, self._cursor, room)
+            if not self._pending:
+                # Caught up: the rows the spool just committed are the next ones, so they
+                # need no trip to the buffer.
+                rows = self.spool.committed_after(self._cursor)
+                if not rows:
+                    rows = await self.spool.fetch(self.name, self._cursor, max(room, FETCH_AHEAD))
+                self._caught_up = not rows
                 if not rows:
                     await self._wake.wait()
                     continue
                 self._cursor = rows[-1].seq
-            self._publish_rows(rows)
+                if self.settings.batch > 1:
+                    # Each device's rows together (stable: each in seq order), so a
+                    # backlog goes out as batches.
+                    first: dict[str, int] = {}
+                    rows = sorted(
+                        rows, key=lambda r: first.setdefault(r.reading.device_id, len(first))
+                    )
+                self._pending.extend(rows)
+            self._publish_pending(room)
 
-    def _publish_rows(self, rows: list[Row]) -> None:
-        for i, row in enumerate(rows):
+    def _take(self) -> list[Row]:
+        """The next rows for one message: one, or up to ``batch`` of one device."""
+        pending = self._pending
+        rows = [pending.popleft()]
+        device = rows[0].reading.device_id
+        limit = self.settings.batch
+        while pending and len(rows) < limit and pending[0].reading.device_id == device:
+            rows.append(pending.popleft())
+        return rows
+
+    def _publish_pending(self, room: int) -> None:
+        pending = self._pending
+        while room > 0 and pending:
             if self._client is None or not self.stats.connected:
-                self._resend[:0] = rows[i:]
                 return
+            rows = self._take()
             try:
-                messages = self.wire.encode(row.seq, row.reading)
+                if len(rows) > 1:
+                    message, used = self.wire.encode_batch(rows, BATCH_BYTES)
+                    pending.extendleft(reversed(rows[used:]))
+                    del rows[used:]
+                    messages = [message]
+                else:
+                    messages = self.wire.encode(rows[0].seq, rows[0].reading)
             except Exception:  # a row this format cannot carry must not stop delivery
-                self.stats.unencodable += 1
+                self.stats.unencodable += len(rows)
                 log.exception(
-                    "mqtt %s: seq %d cannot be encoded as %s; skipped (%d so far)",
+                    "mqtt %s: seq %d-%d cannot be encoded as %s; skipped (%d so far)",
                     self.name,
-                    row.seq,
+                    rows[0].seq,
+                    rows[-1].seq,
                     self.settings.payload,
                     self.stats.unencodable,
                 )
                 messages = []
-            if not messages:  # nothing to send for it: it is done for this destination
-                self._acked.append(row.seq)
+            if not messages:  # nothing to send for them: they are done for this destination
+                self._acked.extend(r.seq for r in rows)
                 self._acks_pending.set()
                 continue
             *control, data = messages
             self._send(control)
             mid = self._publish(data)
             if mid is None:
-                self._resend[:0] = rows[i:]
+                pending.extendleft(reversed(rows))
                 return
-            self._inflight[mid] = row
-            self.stats.published += 1
+            self._inflight[mid] = rows
+            self.stats.published += len(rows)
+            room -= 1
             if data.qos == 0:
                 # QoS 0 has no acknowledgement: handing it to the socket is all we get.
                 self._on_published(self._active, mid)
@@ -258,6 +309,9 @@ class Destination:
             await self.spool.ack(self.name, seqs)
 
     def _on_connected(self, generation: int, client: paho.Client, endpoint: str) -> None:
+        if generation != self._generation:
+            return
+        self._session_ok = True
         self._active = generation
         self._client = client
         self.stats.endpoint = endpoint
@@ -285,39 +339,52 @@ class Destination:
         self._send(self.wire.received(topic, payload))
 
     def _on_disconnected(self, generation: int, reason: str) -> None:
+        if generation != self._generation:
+            return
+        self._session_ended.set()
         if generation != self._active:
             return
         was_connected = self.stats.connected
         self.stats.connected = False
         self._client = None
         # Everything not acknowledged goes out again, first and in order, on the next session.
-        unacked = sorted(self._inflight.values(), key=lambda r: r.seq)
+        unacked = [
+            r for rows in sorted(self._inflight.values(), key=lambda rs: rs[0].seq) for r in rows
+        ]
         self._inflight.clear()
-        self._resend = unacked + self._resend
-        if was_connected and not self._stop.is_set():  # a close is not a failure
+        self.stats.resent += len(unacked)
+        self._pending.extendleft(reversed(unacked))
+        if was_connected and not self._stopping.is_set():  # a close is not a failure
             self.failures.failure(f"connection lost ({reason})", "reconnecting with backoff")
         self._wake.set()
 
     def _on_published(self, generation: int, mid: int) -> None:
         if generation != self._active:
             return
-        row = self._inflight.pop(mid, None)
-        if row is not None:
-            self._acked.append(row.seq)
+        rows = self._inflight.pop(mid, None)
+        if rows is not None:
+            self._acked.extend(r.seq for r in rows)
             self._acks_pending.set()
-            self.stats.acked += 1
+            self.stats.acked += len(rows)
             self._wake.set()
+        else:
+            waiter = self._control_waiters.pop(mid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # loop closing during shutdown
-                loop.call_soon_threadsafe(fn, *args)
+    def _delivered(self) -> bool:
+        """Everything committed so far has been published and acknowledged."""
+        return (
+            self._caught_up and not self._wake.is_set() and not self._pending and not self._inflight
+        )
 
-    async def close(self, *, timeout: float = 5.0) -> None:
-        """Publish the wire's farewell (offline status, NDEATH), disconnect cleanly, stop
-        the network thread."""
-        self._stop.set()
+    async def close(self, *, timeout: float = 5.0, drain: float = STOP_DRAIN) -> None:
+        """Deliver what the last polls committed (up to ``drain`` seconds), publish the
+        wire's farewell (offline status, NDEATH), disconnect cleanly."""
+        deadline = time.monotonic() + drain
+        while self.stats.connected and not self._delivered() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self._stopping.set()
         client = self._client
         if client is not None and self.stats.connected:
             farewell = self.wire.closing()
@@ -325,15 +392,112 @@ class Destination:
                 info = client.publish(
                     farewell.topic, farewell.payload, qos=farewell.qos, retain=farewell.retain
                 )
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(info.wait_for_publish, timeout)
+                if farewell.qos > 0:
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._control_waiters[info.mid] = waiter
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(waiter, timeout)
             client.disconnect()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, timeout)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._session_ended.wait(), timeout)
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
         await self.flush_acks()
         self.spool.unlisten(self._wake)
 
-    # ---- network thread -----------------------------------------------------------
+    # ---- connection -------------------------------------------------------------------
+    async def _connection_loop(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            # One round: every host in order (a cluster's nodes, a primary then its standby),
+            # starting again from the first, so the gateway returns to the primary.
+            for host, port in self.settings.endpoints:
+                if self._stopping.is_set():
+                    return
+                if await self._session(host, port):
+                    attempt = 0
+                    break  # the session ended: start the next round at the first host
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._backoff(attempt))
+
+    async def _session(self, host: str, port: int) -> bool:
+        """One connection to one host, run until it ends; whether it got a session."""
+        self._generation += 1
+        generation = self._generation
+        self._session_ok = False
+        self._session_ended = asyncio.Event()
+        endpoint = f"{host}:{port}"
+        client = self._new_client(generation, endpoint)
+        try:
+            await _in_thread(lambda: self._connect(client, host, port), _close_socket(client))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._note_error(f"cannot connect to {endpoint}: {exc}")
+            return False
+        loop = asyncio.get_running_loop()
+        sock = client.socket()
+        if not isinstance(sock, socket.socket):
+            self._note_error(f"cannot connect to {endpoint}: no socket")
+            return False
+        misc: asyncio.TimerHandle | None = None
+
+        def housekeeping() -> None:
+            nonlocal misc
+            if client.loop_misc() == paho.MQTT_ERR_SUCCESS:
+                misc = loop.call_later(MISC_INTERVAL, housekeeping)
+
+        tls = sock if isinstance(sock, ssl.SSLSocket) else None
+
+        def readable() -> None:
+            client.loop_read()
+            # TLS: records already decrypted into the SSL object do not wake epoll.
+            if tls is not None and tls.pending() and client.socket() is tls:
+                loop.call_soon(readable)
+
+        def closed(_c: Any, _u: Any, s: Any) -> None:
+            # paho tells why (on_disconnect) right after closing the socket.
+            loop.remove_reader(s)
+            loop.remove_writer(s)
+            self._session_ended.set()
+
+        def want_write(_c: Any, _u: Any, s: Any) -> None:
+            loop.add_writer(s, client.loop_write)
+
+        def written(_c: Any, _u: Any, s: Any) -> None:
+            loop.remove_writer(s)
+
+        client.on_socket_close = closed
+        client.on_socket_register_write = want_write
+        client.on_socket_unregister_write = written
+        loop.add_reader(sock, readable)
+        if client.want_write():
+            loop.add_writer(sock, client.loop_write)
+        misc = loop.call_later(MISC_INTERVAL, housekeeping)
+        try:
+            await self._session_ended.wait()
+        finally:
+            if misc is not None:
+                misc.cancel()
+            if client.socket() is not None:
+                loop.remove_reader(sock)
+                loop.remove_writer(sock)
+                _close_socket(client)()
+            if generation == self._generation:
+                self._on_disconnected(generation, "network loop ended")
+        return self._session_ok
+
+    def _connect(self, client: paho.Client, host: str, port: int) -> None:
+        """Blocking TCP connect and TLS handshake (in a thread); sends CONNECT."""
+        s = self.settings
+        if s.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+            client.connect(host, port, s.keepalive, clean_start=True, properties=props)
+        else:
+            client.connect(host, port, s.keepalive)
+
     def _new_client(self, generation: int, endpoint: str) -> paho.Client:
         s = self.settings
         v5 = s.protocol == "5"
@@ -359,22 +523,22 @@ class Destination:
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
 
+        # Callbacks run on the event loop, inside loop_read/loop_write.
         def on_connect(c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
             if rc.is_failure:
-                self._post(self._note_error, f"broker refused the connection: {rc}")
+                self._note_error(f"broker refused the connection: {rc}")
             else:
-                self._session_ok = True
-                self._post(self._on_connected, generation, c, endpoint)
+                self._on_connected(generation, c, endpoint)
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-            self._post(self._on_disconnected, generation, str(rc))
+            self._on_disconnected(generation, str(rc))
 
         def on_publish(_c: Any, _u: Any, mid: int, _rc: Any, _p: Any = None) -> None:
-            self._post(self._on_published, generation, mid)
+            self._on_published(generation, mid)
 
         def on_message(_c: Any, _u: Any, message: paho.MQTTMessage) -> None:
             if len(message.payload) <= MAX_INCOMING:
-                self._post(self._on_message, generation, message.topic, bytes(message.payload))
+                self._on_message(generation, message.topic, bytes(message.payload))
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
@@ -386,44 +550,39 @@ class Destination:
         self.failures.failure(message, "retrying with backoff; readings stay in the buffer")
         self.stats.last_error = message
 
-    def _network_main(self) -> None:
-        s = self.settings
-        attempt = 0
-        generation = 0
-        while not self._stop.is_set():
-            # One round: every host in order (a cluster's nodes, a primary then its standby),
-            # starting again from the first, so the gateway returns to the primary.
-            for host, port in s.endpoints:
-                if self._stop.is_set():
-                    return
-                generation += 1
-                if self._connect_and_run(generation, host, port):
-                    attempt = 0
-                    break  # the session ended: start the next round at the first host
-            attempt += 1
-            self._stop.wait(self._backoff(attempt))
-
-    def _connect_and_run(self, generation: int, host: str, port: int) -> bool:
-        """One connection to one host, run until it ends; whether it got a session."""
-        s = self.settings
-        self._session_ok = False
-        endpoint = f"{host}:{port}"
-        client = self._new_client(generation, endpoint)
-        try:
-            if s.protocol == "5":
-                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = 0
-                client.connect(host, port, s.keepalive, clean_start=True, properties=props)
-            else:
-                client.connect(host, port, s.keepalive)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            self._post(self._note_error, f"cannot connect to {endpoint}: {exc}")
-            return False
-        client.loop_forever()
-        self._post(self._on_disconnected, generation, "network loop ended")
-        return self._session_ok
-
     def _backoff(self, attempt: int) -> float:
         state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         state.attempt_number = attempt
         return float(self._wait(state))
+
+
+def _close_socket(client: paho.Client) -> Callable[[], None]:
+    """A function closing ``client``'s socket, if it has one (after a cancelled connect)."""
+
+    def close() -> None:
+        sock = client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    return close
+
+
+async def _in_thread(fn: Callable[[], T], cleanup: Callable[[], None]) -> T:
+    """Run blocking ``fn`` in a daemon thread (a connect to a black-holed host must not
+    hold up the process's exit); if the caller is cancelled meanwhile, ``cleanup`` runs
+    once ``fn`` has returned."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def work() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to the awaiting side
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="mqtt-connect", daemon=True).start()
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(lambda _f: cleanup())
+        raise

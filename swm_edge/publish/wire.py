@@ -5,13 +5,13 @@ connection (the will, what to publish on connect and on a clean close, what to s
 to and how to answer what arrives). The :class:`~swm_edge.publish.mqtt.Destination` owns
 the connection, the in-flight window and the acknowledgements; the wire owns the format.
 
-- ``json`` (:class:`JsonWire`): wire contract v1, one message per reading, plus the
-  retained status topic (docs/wire-contract.md).
+- ``json`` (:class:`JsonWire`): wire contract v1, one message per reading (or, with
+  ``mqtt.batch``, several readings of one device per message), plus the retained status
+  topic (docs/wire-contract.md).
 - ``senml`` / ``senml-cbor``: RFC 8428 records (swm_edge.publish.senml).
 - ``sparkplug``: Sparkplug B 3.0 (swm_edge.publish.sparkplug), a stateful session.
 
-Every method is called on the event loop's thread, except :meth:`Wire.will`, which the
-network thread calls before each connection attempt.
+Every method is called on the event loop's thread.
 """
 
 from __future__ import annotations
@@ -19,15 +19,17 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from swm_edge import __version__
 from swm_edge.model import Reading
-from swm_edge.publish.encoders.json_v1 import encode as encode_json_v1
+from swm_edge.publish.encoders import json_v1
 
 if TYPE_CHECKING:
+    from swm_edge.buffer import Row
     from swm_edge.publish.mqtt import BrokerSettings
 
 
@@ -71,6 +73,12 @@ class Wire(ABC):
         acknowledgement releases it from the buffer), earlier ones are control messages the
         format needs first (a Sparkplug DBIRTH). An empty list releases the reading without
         sending anything (a dead device's next bad reading, once its DDEATH was sent)."""
+
+    def encode_batch(self, rows: Sequence[Row], max_bytes: int) -> tuple[Message, int]:
+        """One message carrying the first of ``rows`` (several readings of one device, in
+        seq order) and as many following ones as fit in ``max_bytes``; and how many it
+        carries. Only for formats that can batch (``mqtt.batch`` > 1 is refused otherwise)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot batch readings")
 
     def closing(self) -> Message | None:
         """What to publish before a clean disconnect (the will is not sent then)."""
@@ -135,7 +143,26 @@ class JsonWire(StatusWire):
     content_type = "application/json"
 
     def payload(self, seq: int, reading: Reading) -> bytes:
-        return encode_json_v1(self.settings.gateway_id, seq, reading)
+        return json_v1.encode(self.settings.gateway_id, seq, reading)
+
+    def encode_batch(self, rows: Sequence[Row], max_bytes: int) -> tuple[Message, int]:
+        if len(rows) == 1:
+            return self.encode(rows[0].seq, rows[0].reading)[0], 1
+        entries: list[bytes] = []
+        size = 0
+        for row in rows:
+            entry = json_v1.encode_entry(row.seq, row.reading)
+            if entries and size + len(entry) > max_bytes:
+                break
+            entries.append(entry)
+            size += len(entry) + 1
+        if len(entries) == 1:  # one poll alone fills the message: send it as it is
+            return self.encode(rows[0].seq, rows[0].reading)[0], 1
+        s = self.settings
+        device = rows[0].reading.device_id
+        payload = json_v1.encode_batch(s.gateway_id, device, entries)
+        topic = f"{s.topic_prefix}/{s.gateway_id}/{device}/{self.suffix}"
+        return Message(topic, payload, s.qos, content_type=self.content_type), len(entries)
 
 
 #: The payload formats (``mqtt.payload``).

@@ -313,6 +313,8 @@ def test_a_list_of_destinations_with_failover_hosts(tmp_path: Path) -> None:
             "",
         ),
         ("{host: b, payload: xml}", "mqtt.payload", "senml-cbor"),
+        ("{host: b, payload: senml, batch: 10}", "mqtt.batch", "part of payload json"),
+        ("{host: b, batch: 0}", "mqtt.batch", ""),
         ("{hosts: ['b:x']}", "mqtt.hosts.0", ""),
         ("[]", "mqtt", ""),
     ],

@@ -243,3 +243,39 @@ def test_a_reading_the_format_cannot_carry_is_skipped_not_blocking(
 
     asyncio.run(with_destination(tmp_path, settings(mosquitto), body))
     assert [d["seq"] for d in telemetry(sub)] == [1, 3]
+
+
+def test_a_backlog_goes_out_in_batches_per_device(
+    tmp_path: Path, mosquitto: Mosquitto, mqtt_collector: Any
+) -> None:
+    """``batch: 10``: a 300-row backlog of three devices arrives as batch messages of one
+    device each, every seq exactly once, each device in seq order; live readings too."""
+    sub = mqtt_collector(mosquitto, "swm/gw-1/+/telemetry")
+    devices = ("dev-a", "dev-b", "dev-c")
+    with Buffer(tmp_path / "buf.sqlite", max_bytes=8 << 20) as buffer:
+        buffer.append([reading(i, devices[i % 3]) for i in range(300)])
+
+    async def body(spool: Spool, dest: Destination) -> None:
+        await until(lambda: dest.stats.acked == 300)
+        await spool.put(reading(300, "dev-b"))  # live, caught up: a plain message
+        await until(lambda: dest.stats.acked == 301)
+        await dest.flush_acks()
+        assert (await spool.stats()).depth == 0
+
+    asyncio.run(with_destination(tmp_path, settings(mosquitto, batch=10, inflight=4), body))
+    docs = telemetry(sub)
+    batches = [d for d in docs if "batch" in d]
+    assert len(batches) >= 27, len(batches)  # 300 rows, up to 10 a message
+    assert all(1 < len(d["batch"]) <= 10 for d in batches)
+    entries = [(d["device"], e) for d in batches for e in d["batch"]]
+    plain = [(d["device"], d) for d in docs if "batch" not in d]
+    seqs = sorted(e["seq"] for _, e in entries + plain)
+    assert seqs == list(range(1, 302))
+    for device, e in entries + plain:
+        i = e["seq"] - 1
+        assert device == (devices[i % 3] if i < 300 else "dev-b")
+        assert e["readings"]["level"] == {"value": i * 0.5, "unit": "m", "quality": "good"}
+    for device in devices:
+        mine = [e["seq"] for d, e in entries + plain if d == device]
+        assert mine == sorted(mine)  # each device's readings in seq order
+    assert [d["seq"] for _, d in plain] == [301]

@@ -1,12 +1,19 @@
-"""Wire contract v1 (docs/wire-contract.md): one JSON message per device poll."""
+"""Wire contract v1 (docs/wire-contract.md): one JSON message per device poll, or, with
+``mqtt.batch``, several polls of one device in one ``batch`` message."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from swm_edge.model import Quality, Reading
+
+# allow_nan=False: a NaN here would be a driver bug; failing loudly beats sending a payload
+# that strict JSON parsers at the backend reject. One encoder for every call: json.dumps
+# with non-default options builds a new one each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def iso_ms(ts: float) -> str:
@@ -29,6 +36,14 @@ def readings_doc(reading: Reading) -> dict[str, dict[str, Any]]:
     return readings
 
 
+def _poll_doc(seq: int, reading: Reading) -> dict[str, Any]:
+    doc: dict[str, Any] = {"seq": seq, "ts": iso_ms(reading.ts)}
+    if reading.clock is not None:
+        doc["clock"] = reading.clock
+    doc["readings"] = readings_doc(reading)
+    return doc
+
+
 def encode(gateway_id: str, seq: int, reading: Reading) -> bytes:
     """The v1 JSON payload of one device poll.
 
@@ -36,15 +51,17 @@ def encode(gateway_id: str, seq: int, reading: Reading) -> bytes:
     flag: absent means the gateway trusted its clock, and payloads of trusted readings stay
     byte for byte what they were before the field existed.
     """
-    doc: dict[str, Any] = {
-        "gateway": gateway_id,
-        "device": reading.device_id,
-        "seq": seq,
-        "ts": iso_ms(reading.ts),
-    }
-    if reading.clock is not None:
-        doc["clock"] = reading.clock
-    doc["readings"] = readings_doc(reading)
-    # allow_nan=False: a NaN here would be a driver bug; failing loudly beats sending
-    # a payload that strict JSON parsers at the backend reject.
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    doc = {"gateway": gateway_id, "device": reading.device_id, **_poll_doc(seq, reading)}
+    return _ENCODER.encode(doc).encode()
+
+
+def encode_entry(seq: int, reading: Reading) -> bytes:
+    """One poll as an entry of a ``batch`` message (:func:`encode_batch`)."""
+    return _ENCODER.encode(_poll_doc(seq, reading)).encode()
+
+
+def encode_batch(gateway_id: str, device_id: str, entries: Sequence[bytes]) -> bytes:
+    """The v1 ``batch`` payload: several polls of one device, entries from
+    :func:`encode_entry`, in seq order."""
+    head = _ENCODER.encode({"gateway": gateway_id, "device": device_id})
+    return b"".join((head[:-1].encode(), b',"batch":[', b",".join(entries), b"]}"))
