@@ -133,9 +133,11 @@ def tcp_config(
     interval: float,
     buffer: Path,
     inflight: int | None = None,
+    batch: int = 1,
 ) -> Path:
     _profile_file(folder, int(sims["points"]))
     extra = f", inflight: {inflight}" if inflight is not None else ""
+    extra += f", batch: {batch}" if batch > 1 else ""
     lines = [
         f"gateway: {{id: {GATEWAY}, site: bench}}",
         f"mqtt: {{host: {broker.host}, port: {broker.port}, reconnect_max: 5{extra}}}",
@@ -223,10 +225,28 @@ def jitter_ms(messages: Sequence[Message], interval: float) -> list[float]:
     return out
 
 
-def good_readings(messages: Sequence[Message]) -> int:
-    return sum(
-        1 for m in messages for item in m.json()["readings"].values() if item["quality"] == "good"
-    )
+@dataclass(frozen=True)
+class Poll:
+    """One device poll as received: a plain v1 message or one entry of a batch message."""
+
+    doc: dict[str, Any]  # seq, ts, readings (and device)
+    received_at: float
+
+
+def polls(messages: Sequence[Message]) -> list[Poll]:
+    out = []
+    for m in messages:
+        doc = m.json()
+        if "batch" in doc:
+            out += [Poll({**e, "device": doc["device"]}, m.received_at) for e in doc["batch"]]
+        else:
+            out.append(Poll(doc, m.received_at))
+    return out
+
+
+def good_readings(items: Sequence[Message] | Sequence[Poll]) -> int:
+    docs = [i.doc if isinstance(i, Poll) else i.json() for i in items]
+    return sum(1 for d in docs for item in d["readings"].values() if item["quality"] == "good")
 
 
 # ---- W1 and W2 through bench_e2e ---------------------------------------------------------
@@ -300,9 +320,13 @@ def prefill(path: Path, rows: int, points: int, devices: int, ts0: float) -> flo
     return time.perf_counter() - started
 
 
-def run_w3(args: argparse.Namespace, console: Console) -> None:
+def run_w3(args: argparse.Namespace, console: Console, batch: int) -> None:
     rows = args.w3_readings // 10
-    console.print(f"[bold]W3[/bold] backlog: {rows:,} rows x 10 points, then 20 x 10 @ 1 s live")
+    tag = "W3" if batch == 1 else f"W3 batch {batch}"
+    console.print(
+        f"[bold]{tag}[/bold] backlog: {rows:,} rows x 10 points, then 20 x 10 @ 1 s live"
+        + (f", mqtt.batch {batch}" if batch > 1 else "")
+    )
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(temp_dir())
         buffer = tmp / "buffer.sqlite"
@@ -328,14 +352,14 @@ def run_w3(args: argparse.Namespace, console: Console) -> None:
             if e2e.WATCHDOG is not None and broker.pid is not None:
                 e2e.WATCHDOG.watch(broker.pid)
             stack.callback(broker.close)
-        config = tcp_config(tmp, sims, broker, 1.0, buffer, args.inflight)
+        config = tcp_config(tmp, sims, broker, 1.0, buffer, args.inflight, batch)
         collector = MqttCollector(broker.host, broker.port, TOPIC_FILTER)
         stack.callback(collector.close)
         agent = stack.enter_context(agent_process(tmp, config))
         cutoff = agent.started - 3600
 
-        def backlog(ms: Sequence[Message]) -> list[Message]:
-            return [m for m in ms if _ts(m.json()["ts"]) < cutoff]
+        def backlog(ms: Sequence[Message]) -> list[Poll]:
+            return [p for p in polls(ms) if _ts(p.doc["ts"]) < cutoff]
 
         cpu0 = cpu_s(agent)
         wall0 = time.monotonic()
@@ -373,30 +397,30 @@ def run_w3(args: argparse.Namespace, console: Console) -> None:
         msgs = collector.messages()
     back = backlog(msgs)
     back_readings = good_readings(back)
-    first, last = back[0].received_at, back[-1].received_at
+    first, last = min(p.received_at for p in back), max(p.received_at for p in back)
     span = max(last - first, 1e-9)
     drain = back_readings / span
     # Live readings polled while the backlog drained (by read start): the publisher sends
     # in seq order, so they arrive only after the backlog ahead of them.
-    live = [m for m in msgs if first <= _ts(m.json()["ts"]) <= last]
-    lat = sorted(m.received_at - _ts(m.json()["ts"]) for m in live)
+    live = [p for p in polls(msgs) if first <= _ts(p.doc["ts"]) <= last]
+    lat = sorted(p.received_at - _ts(p.doc["ts"]) for p in live)
     complete = back_readings >= rows * 10
-    add("W3", "backlog", f"{rows * 10:,} readings ({rows:,} rows), file {size:.0f} MiB")
+    add(tag, "backlog", f"{rows * 10:,} readings ({rows:,} rows), file {size:.0f} MiB")
     add(
-        "W3",
+        tag,
         "drain rate, readings/s" + ("" if complete else " (partial)"),
         f"{drain:,.0f} ({back_readings:,} in {span:.1f} s)",
         ">= 50,000 /s",
         drain >= 50000,
     )
-    add("W3", "first backlog message after agent start, s", f"{first - agent.started:.2f}")
-    add("W3", "live readings polled during drain, /s", f"{good_readings(live) / span:,.0f} of 200")
+    add(tag, "first backlog message after agent start, s", f"{first - agent.started:.2f}")
+    add(tag, "live readings polled during drain, /s", f"{good_readings(live) / span:,.0f} of 200")
     add(
-        "W3",
+        tag,
         "live latency during drain p50 / p99, ms",
         f"{1000 * _quantile(lat, 0.5):,.0f} / {1000 * _quantile(lat, 0.99):,.0f}",
     )
-    add("W3", "agent CPU during drain, % / RSS MiB", f"{100 * cpu / wall:.0f} / {rss:.0f}")
+    add(tag, "agent CPU during drain, % / RSS MiB", f"{100 * cpu / wall:.0f} / {rss:.0f}")
     if profiler is not None and (args.profile / "W3-agent.pyspy.txt").exists():
         prof = e2e.summarise_profile(args.profile / "W3-agent.pyspy.txt")
         prof["file"] = str(args.profile / "W3-agent.pyspy.txt")
@@ -743,6 +767,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="stop waiting for the drain after this; the rate is then partial",
     )
     parser.add_argument(
+        "--w3-batch",
+        type=int,
+        nargs="+",
+        default=[1, 50],
+        help="W3: run once per mqtt.batch value (default: 1, the default, and 50)",
+    )
+    parser.add_argument(
         "--inflight",
         type=int,
         default=None,
@@ -788,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps: dict[str, Callable[[], None]] = {
         "W1": lambda: run_w1(args, console, jitter_sets),
         "W2": lambda: run_w2(args, console),
-        "W3": lambda: run_w3(args, console),
+        "W3": lambda: [run_w3(args, console, batch) for batch in args.w3_batch],
         "W4": lambda: run_w4(args, console),
         "W5": lambda: run_w5(args, console, jitter_sets),
     }

@@ -8,13 +8,16 @@ It is written as a third-party driver would be: it imports only the public drive
 from __future__ import annotations
 
 import math
+import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, NamedTuple, cast
 
 from pydantic import BaseModel
 
 from swm_edge.driver import (
     BusSpec,
+    DataType,
     DeviceSpec,
     Driver,
     ModbusTransport,
@@ -25,6 +28,7 @@ from swm_edge.driver import (
     Reason,
 )
 from swm_edge.modbus import ReadRequest, decode, plan_reads, poll_seconds, scale_value
+from swm_edge.modbus.codec import block_structs, register_struct
 from swm_edge.modbus.config import ModbusDevice
 
 __all__ = ["ModbusDriver"]
@@ -72,6 +76,7 @@ class ModbusDriver(Driver):
         super().__init__(device)
         self.unit: int = device.options.unit
         self.requests: list[ReadRequest] = self._plan(device)
+        self._decoders = [_BlockDecoder(req) for req in self.requests]
         self.timeout = device.timeout
 
     async def read(self, transport: Any) -> dict[str, PointValue]:
@@ -86,9 +91,9 @@ class ModbusDriver(Driver):
         timeout = self.timeout if self.timeout is not None else 1.0
         values: dict[str, PointValue] = {}
         answered = False
-        for i, req in enumerate(self.requests):
+        for i, (req, decoder) in enumerate(zip(self.requests, self._decoders, strict=True)):
             try:
-                if req.table.is_bits:
+                if decoder.is_bits:
                     data: list[Any] = list(
                         await modbus.read_bits(
                             self.unit, req.table, req.address, req.count, timeout=timeout
@@ -113,12 +118,140 @@ class ModbusDriver(Driver):
                     break
                 continue
             answered = True
-            for point in req.points:
-                values[point.name] = _decode_point(req, point, data)
+            decoder.decode(data, values)
         return values
 
 
-def _decode_point(req: ReadRequest, point: Any, data: list[Any]) -> PointValue:
+# Bound once: the block decoder's loop calls them for every point of every poll.
+_good = PointValue.good
+_isfinite = math.isfinite
+
+
+class _BitPoint(NamedTuple):
+    """How to read one point of a bit table from its response."""
+
+    name: str
+    unit: str | None
+    position: int
+    point: PointSpec
+
+
+class _RegisterPoint(NamedTuple):
+    """How to read one point of a register table from its response's images."""
+
+    name: str
+    unit: str | None
+    unpack_from: Callable[[bytes, int], tuple[Any, ...]]
+    swapped: bool  # reads the swapped image (see register_struct)
+    position: int  # in bytes
+    is_bool: bool
+    scaled: bool
+    scale: float
+    offset: float
+
+
+class _BlockDecoder:
+    """Decodes the response to one planned request, all its points at once.
+
+    Everything that depends only on the plan (each point's offset, struct, image and
+    scaling) is worked out once here. Per poll, a register response is packed to bytes
+    once and every point is unpacked from it. A response the fast path cannot take as it
+    is (short, or holding a word that is not a 16-bit register, or a bit that is not a
+    ``bool``) goes through :func:`_decode_point`, the reference, so its points get the same
+    values and reasons either way.
+    """
+
+    __slots__ = ("_bits", "_plain", "_registers", "_request", "_swapped", "is_bits")
+
+    def __init__(self, request: ReadRequest) -> None:
+        self._request = request
+        self.is_bits: bool = request.table.is_bits
+        self._bits: tuple[_BitPoint, ...] = ()
+        self._registers: tuple[_RegisterPoint, ...] = ()
+        self._plain, swapped = block_structs(request.count)
+        self._swapped: struct.Struct | None = None
+        if self.is_bits:
+            self._bits = tuple(
+                _BitPoint(p.name, p.unit, request.offset(p), p) for p in request.points
+            )
+            return
+        self._registers = tuple(_register_point(request, p) for p in request.points)
+        # Most devices need no swapped image: pack it only when some point reads it.
+        if any(r.swapped for r in self._registers):
+            self._swapped = swapped
+
+    def decode(self, data: Sequence[Any], values: dict[str, PointValue]) -> None:
+        """Put the value of every point of the request, read from ``data``, into ``values``."""
+        count = self._request.count
+        if len(data) < count:
+            self._decode_each(data, values)
+        elif self.is_bits:
+            self._decode_bits(data, values)
+        else:
+            # Words past ``count`` (from a stack that pads) belong to no point.
+            self._decode_registers(data if len(data) == count else data[:count], values)
+
+    def _decode_bits(self, data: Sequence[Any], values: dict[str, PointValue]) -> None:
+        for name, unit, position, point in self._bits:
+            bit = data[position]
+            if bit is True or bit is False:
+                values[name] = _good(bit, unit)
+            else:
+                values[name] = _decode_point(self._request, point, data)
+
+    def _decode_registers(self, data: Sequence[Any], values: dict[str, PointValue]) -> None:
+        try:
+            plain = self._plain.pack(*data)
+            swapped = plain if self._swapped is None else self._swapped.pack(*data)
+        except struct.error:
+            self._decode_each(data, values)
+            return
+        for (
+            name,
+            unit,
+            unpack_from,
+            from_swapped,
+            position,
+            is_bool,
+            scaled,
+            scale,
+            offset,
+        ) in self._registers:
+            raw = unpack_from(swapped if from_swapped else plain, position)[0]
+            if is_bool:
+                value = raw != 0
+            elif scaled:
+                value = raw * scale + offset
+            else:
+                value = raw
+            # NaN/inf, as read or from scaling, is no measurement: see _decode_point.
+            if isinstance(value, float) and not _isfinite(value):
+                values[name] = PointValue.bad(Reason.DECODE, unit)
+            else:
+                values[name] = _good(value, unit)
+
+    def _decode_each(self, data: Sequence[Any], values: dict[str, PointValue]) -> None:
+        for point in self._request.points:
+            values[point.name] = _decode_point(self._request, point, data)
+
+
+def _register_point(request: ReadRequest, point: PointSpec) -> _RegisterPoint:
+    unpacker, swapped = register_struct(point)
+    return _RegisterPoint(
+        point.name,
+        point.unit,
+        unpacker.unpack_from,
+        swapped,
+        2 * request.offset(point),
+        point.type is DataType.BOOL,
+        not (point.scale == 1 and point.offset == 0),  # as scale_value decides
+        point.scale,
+        point.offset,
+    )
+
+
+def _decode_point(req: ReadRequest, point: Any, data: Sequence[Any]) -> PointValue:
+    """One point the generic way: the reference for :class:`_BlockDecoder`."""
     try:
         raw = decode(point, req.slice(point, data))
     except ReadError as exc:

@@ -48,6 +48,20 @@ class ReadRequest:
     count: int
     points: tuple[PointSpec, ...]
 
+    def offset(self, point: PointSpec) -> int:
+        """Where ``point``'s first register (or its bit) lies in this request's response.
+
+        Raises:
+            ValueError: ``point`` does not lie inside this request.
+        """
+        start = point.address - self.address
+        if point.table is not self.table or start < 0 or start + _width(point) > self.count:
+            raise ValueError(
+                f"{point.name} ({point.table} {point.address}) is outside the request "
+                f"{self.table} {self.address}+{self.count}"
+            )
+        return start
+
     def slice(self, point: PointSpec, data: Sequence[_T]) -> Sequence[_T]:
         """The words (or the one bit) of ``point`` in this request's response ``data``.
 
@@ -57,13 +71,8 @@ class ReadRequest:
             ValueError: ``point`` does not lie inside this request.
             DecodeError: ``data`` is too short to hold the point.
         """
-        start = point.address - self.address
+        start = self.offset(point)
         end = start + _width(point)
-        if point.table is not self.table or start < 0 or end > self.count:
-            raise ValueError(
-                f"{point.name} ({point.table} {point.address}) is outside the request "
-                f"{self.table} {self.address}+{self.count}"
-            )
         if len(data) < end:
             raise DecodeError(
                 f"response to {self.table} {self.address}+{self.count} holds {len(data)} "

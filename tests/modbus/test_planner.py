@@ -262,19 +262,33 @@ def test_slice_tolerates_padded_bit_responses() -> None:
     assert list(req.slice(p, [False, False, True, False, False, False, False, False])) == [True]
 
 
-@pytest.mark.parametrize(
-    "p",
-    [
-        pt("before", H, 99, U16),
-        pt("after", H, 106, U16),
-        pt("straddles", H, 105, F32),
-        pt("other_table", IN, 100, U16),
-    ],
-)
+OUTSIDE = [
+    pt("before", H, 99, U16),
+    pt("after", H, 106, U16),
+    pt("straddles", H, 105, F32),
+    pt("other_table", IN, 100, U16),
+]
+
+
+@pytest.mark.parametrize("p", OUTSIDE)
 def test_slice_rejects_points_outside_the_request(p: PointSpec) -> None:
     req = ReadRequest(H, 100, 6, ())
     with pytest.raises(ValueError):
         req.slice(p, list(range(6)))
+
+
+def test_offset_is_the_points_place_in_the_response() -> None:
+    a, b = pt("a", H, 100, U16), pt("b", H, 104, F32)
+    req = ReadRequest(H, 100, 6, (a, b))
+    assert [req.offset(a), req.offset(b)] == [0, 4]
+    bit = pt("c", C, 12, BOOL)
+    assert ReadRequest(C, 10, 3, (bit,)).offset(bit) == 2
+
+
+@pytest.mark.parametrize("p", OUTSIDE)
+def test_offset_rejects_points_outside_the_request(p: PointSpec) -> None:
+    with pytest.raises(ValueError, match="outside the request"):
+        ReadRequest(H, 100, 6, ()).offset(p)
 
 
 def test_slice_short_response_is_a_decode_error() -> None:
