@@ -73,6 +73,8 @@ class Spool:
         self._retry = 1.0
         self._last_seq = 0
         self._recent: list[Row] = []  # the last commit's rows, for caught-up publishers
+        #: The seq of the last reading this process committed (0: none yet).
+        self.last_committed = 0
         #: Changes when a new buffer replaced a damaged one: publishers start over.
         self.epoch = 0
 
@@ -199,6 +201,8 @@ class Spool:
         self._retry = 1.0
         self.committed += len(batch)
         self._recent = [Row(seq, reading) for seq, reading in zip(seqs, batch, strict=True)]
+        if seqs:
+            self.last_committed = seqs[-1]
         for event in self._listeners:
             event.set()
 

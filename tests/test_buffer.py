@@ -537,3 +537,25 @@ def test_dropped_rows_are_counted_per_destination_that_had_not_acked_them(
             buf.dropped_for("nobody")
     with Buffer(path, max_bytes=MiB, destinations=["cloud", "scada"]) as buf:
         assert buf.dropped_for("scada") == dropped  # persistent
+
+
+def test_acks_commit_without_fsync_and_appends_stay_full(tmp_path: Path) -> None:
+    """An ack lost in a power cut is only a re-send: its commit runs under
+    synchronous=NORMAL; appends (the readings themselves) keep FULL."""
+    with Buffer(tmp_path / "b.db", max_bytes=MiB) as buf:
+        seqs = buf.append([meter_reading(i) for i in range(5)])
+        statements: list[str] = []
+        buf._conn.set_trace_callback(statements.append)
+        buf.ack("default", seqs[:3])
+        buf.append([meter_reading(5)])
+        buf._conn.set_trace_callback(None)
+        commits = [i for i, s in enumerate(statements) if s == "COMMIT"]
+        assert len(commits) == 2, statements
+
+        def setting_at(i: int) -> str:
+            return [s for s in statements[:i] if s.startswith("PRAGMA synchronous")][-1]
+
+        assert setting_at(commits[0]) == "PRAGMA synchronous=NORMAL"
+        assert setting_at(commits[1]) == "PRAGMA synchronous=FULL"
+        assert buf._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert buf.stats().depth == 3

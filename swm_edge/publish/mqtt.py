@@ -196,9 +196,11 @@ class Destination:
                 continue
             if not self._pending:
                 # Caught up: the rows the spool just committed are the next ones, so they
-                # need no trip to the buffer.
+                # need no trip to the buffer; and once they are taken there is nothing more
+                # until the next commit wakes us.
                 rows = self.spool.committed_after(self._cursor)
-                if not rows:
+                last = self.spool.last_committed
+                if not rows and not (last and self._cursor >= last):
                     rows = await self.spool.fetch(self.name, self._cursor, max(room, FETCH_AHEAD))
                 self._caught_up = not rows
                 if not rows:
