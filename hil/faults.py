@@ -22,11 +22,29 @@ Faults are written as short strings, as in a test parameter or on a command line
                         after the next request on the line (to whichever unit), i.e. the
                         late answer to the previous request arrives during the next one
 
-The last four change the reply frame itself; :meth:`Fault.spoil` and
-:meth:`FaultTable.reply` apply them to a frame, so any relay or server hook can use them.
-``late_echo`` keeps one held frame per table (:meth:`FaultTable.hold`,
-:meth:`FaultTable.take_held`): the relay holds the reply and releases it when it frames the
-next request.
+``wrong_unit``, ``truncated`` and ``overlong`` (:data:`FRAME_KINDS`) rewrite the reply
+frame itself; :meth:`Fault.spoil` and :meth:`FaultTable.reply` apply them to a frame, so any
+relay or server hook can use them. ``late_echo`` keeps one held frame per table
+(:meth:`FaultTable.hold`, :meth:`FaultTable.take_held`): the relay holds the reply and
+releases it when it frames the next request.
+
+Where each kind applies:
+
+==========================================  =======================  ===================
+kind                                        NullModem relay (RTU)    servers: RTU / TCP
+==========================================  =======================  ===================
+silent, exception, garbage, late,           yes                      yes / yes
+intermittent
+bad_crc                                     yes                      yes / no (no CRC)
+wrong_unit, truncated, overlong             yes                      yes / no (1)
+late_echo                                   yes                      no / no (2)
+==========================================  =======================  ===================
+
+(1) they are about RTU framing (a CRC, a frame that ends with a silence); Modbus TCP frames
+by the MBAP header's length and matches answers by transaction id.
+(2) it needs the next request seen before its answer, which only the relay sits between;
+:meth:`swm_edge_hil.nullmodem.NullModem.echo_late` chooses where the held answer goes.
+The servers refuse the kinds they cannot apply (``ValueError`` from ``set_fault``).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def site_config(
     site: DemoSite,
     *,
     interval: float = 1,
-    backend: str = "pymodbus",
+    backend: str = "native",
     extra_device: str = "",
     mqtt_extra: str = "",
     name: str = "config.yaml",

@@ -8,8 +8,11 @@ The agent opens :attr:`NullModem.agent_port`, the simulated devices (e.g.
 :func:`swm_edge_hil.servers.serve_rtu`) open :attr:`NullModem.device_port`. The relay
 copies bytes both ways and, because it sits on the line, can break it the way real lines
 break: it frames the master's RTU requests to learn the addressed unit, and applies that
-unit's fault from :attr:`NullModem.faults` to the reply (drop, replace by an exception or
-by garbage, corrupt the CRC, delay, or drop at random). It can also pull the plug on the
+unit's fault from :attr:`NullModem.faults` to the reply: every kind of
+:mod:`swm_edge_hil.faults` (drop, replace by an exception or by garbage, corrupt the CRC,
+delay, drop at random, rewrite the frame: wrong unit, truncated, over-long; or hold it back
+as a ``late_echo`` and release it right after the next request it frames, see
+:meth:`NullModem.echo_late`). It can also pull the plug on the
 agent side (:meth:`NullModem.unplug`) and plug a fresh port in (:meth:`NullModem.replug`)
 under the same stable symlink, as a USB adapter under ``/dev/serial/by-id/`` would.
 
@@ -26,11 +29,12 @@ import queue
 import select
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from swm_edge_hil.faults import Fault, FaultKind, FaultTable, garbage_bytes
+from swm_edge_hil.faults import FRAME_KINDS, Fault, FaultKind, FaultTable, garbage_bytes
 from swm_edge_hil.pty import Pty, close_fds, make_link, remove_link
 from swm_edge_hil.rtu import UNKNOWN_LENGTH, exception_frame, request_length, response_length
 
@@ -97,8 +101,15 @@ class NullModem:
         self._outq: list[tuple[float, int, str, bytes]] = []
         self._seq = 0
         self._busy_until = {_AGENT: 0.0, _DEVICE: 0.0}
+        # late_echo release: to requests of these units (empty: any), alone or merged into
+        # the next bytes sent to the agent (set by echo_late; replaced whole, never mutated,
+        # so the relay thread always sees a consistent pair).
+        self._echo: tuple[frozenset[int], bool] = (frozenset(), False)
+        self._echo_queued = bytearray()
         #: Counters: requests (framed from the agent), bytes_to_device, bytes_to_agent, and
-        #: per fault action dropped, replaced, corrupted, delayed; lost_bytes (no reader).
+        #: per fault action dropped, replaced, corrupted (bad_crc and the frame-rewriting
+        #: kinds), delayed (late, and late_echo held), echoed (late_echo released);
+        #: lost_bytes (no reader).
         self.stats: collections.Counter[str] = collections.Counter()
         #: The last chunks written to each side: ``("to_device" | "to_agent", bytes)``.
         self.trace: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=256)
@@ -181,6 +192,18 @@ class NullModem:
         """Put a fault on the replies of ``unit`` (``None``: heal it)."""
         self.faults.set(unit, fault)
 
+    def echo_late(self, units: Iterable[int] | None = None, *, with_answer: bool = False) -> None:
+        """Where a reply held by a ``late_echo`` fault goes.
+
+        By default it is sent to the agent right after the next request the relay frames,
+        to any unit, before that request's own answer. ``units``: only right after a request
+        to one of these units (the echo stays held until then). ``with_answer``: written
+        together with the next bytes the relay sends the agent (that request's answer), as
+        when a late answer ends right where the next one begins on the wire, so the agent
+        reads both in one go.
+        """
+        self._echo = (frozenset(units or ()), with_answer)
+
     def unplug(self) -> None:
         """Pull the agent-side plug: remove the link and close the pty, so the agent's
         open port fails (EIO) and the path no longer exists."""
@@ -212,6 +235,7 @@ class NullModem:
             self._agent = None
             self._req_buf.clear()
             self._pending = None
+            self._echo_queued.clear()
         elif name == "replug" and self._agent is None:
             self._agent = Pty.open()
             make_link(self._agent_link, self._agent.path)
@@ -307,6 +331,16 @@ class NullModem:
         self._pending = _Pending(unit, frame[1] if len(frame) > 1 else 0, fault) if fault else None
         self._rsp_buf.clear()
         self._send(_DEVICE, frame, now)
+        units, with_answer = self._echo
+        if units and unit not in units:
+            return
+        held = self.faults.take_held()
+        if held is not None:
+            self.stats["echoed"] += 1
+            if with_answer:
+                self._echo_queued += held
+            else:
+                self._send(_AGENT, held, now)
 
     def _reply(self, frame: bytes, now: float) -> None:
         pending, self._pending = self._pending, None
@@ -330,10 +364,19 @@ class NullModem:
         elif kind is FaultKind.LATE:
             self.stats["delayed"] += 1
             self._send(_AGENT, frame, now, delay=fault.delay)
+        elif kind in FRAME_KINDS:
+            self.stats["corrupted"] += 1
+            self._send(_AGENT, self.faults.reply(fault, frame), now)
+        elif kind is FaultKind.LATE_ECHO:
+            self.stats["delayed"] += 1
+            self.faults.hold(frame)
         else:
             self._send(_AGENT, frame, now)
 
     def _send(self, side: str, data: bytes, now: float, *, delay: float = 0.0) -> None:
+        if side == _AGENT and self._echo_queued:
+            data = bytes(self._echo_queued) + data
+            self._echo_queued.clear()
         start = max(now + delay, self._busy_until[side])
         due = start + len(data) * self._char_time
         if self._char_time:

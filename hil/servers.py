@@ -8,10 +8,11 @@ what :meth:`SimulatedDevice.values` reports at that moment.
 
 Faults (see :mod:`swm_edge_hil.faults`) are applied per unit id by the server itself:
 the outgoing frame passes through pymodbus' ``trace_packet`` hook, which drops it
-(``silent``, ``intermittent``), replaces it (``exception``, ``garbage``) or spoils its CRC
-(``bad_crc``, RTU only); ``late`` sleeps in the ``action`` hook before the reply is built.
-On a virtual RS-485 line the same faults can instead be put on the line itself with
-:class:`swm_edge_hil.nullmodem.NullModem`.
+(``silent``, ``intermittent``), replaces it (``exception``, ``garbage``), spoils its CRC
+(``bad_crc``, RTU only) or rewrites it (``wrong_unit``, ``truncated``, ``overlong``, RTU
+only); ``late`` sleeps in the ``action`` hook before the reply is built. ``late_echo``
+needs a relay that sees the next request before its answer: put it on the line with
+:class:`swm_edge_hil.nullmodem.NullModem`, which applies every kind.
 
 Unit ids without a device: on RTU they stay silent, as on a real bus; on TCP they answer
 exception 0x0B (gateway target device failed to respond), as a TCP/RTU gateway does.
@@ -49,7 +50,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 from swm_edge_hil.devices import SimulatedDevice
-from swm_edge_hil.faults import Fault, FaultKind, FaultTable, garbage_bytes
+from swm_edge_hil.faults import FRAME_KINDS, Fault, FaultKind, FaultTable, garbage_bytes
 from swm_edge_hil.rtu import exception_frame
 
 from swm_edge.modbus.codec import register_count
@@ -104,11 +105,18 @@ class SimServer:
         """Switch the device with id ``unit`` into ``fault`` (``None``: healthy again).
 
         Raises:
-            ValueError: ``bad_crc`` on TCP, which has no CRC.
+            ValueError: a kind this server cannot apply: ``late_echo`` (the relay's), and on
+                TCP the kinds that are about RTU framing (``bad_crc``, ``wrong_unit``,
+                ``truncated``, ``overlong``).
         """
         parsed = Fault.parse(fault) if isinstance(fault, str) else fault
-        if self.kind == "tcp" and parsed is not None and parsed.kind is FaultKind.BAD_CRC:
-            raise ValueError("bad_crc has no meaning on Modbus TCP (no CRC); use garbage")
+        kind = parsed.kind if parsed is not None else None
+        if kind is FaultKind.LATE_ECHO:
+            raise ValueError("late_echo is applied on the line: use NullModem.set_fault")
+        if self.kind == "tcp" and (kind is FaultKind.BAD_CRC or kind in FRAME_KINDS):
+            raise ValueError(
+                f"{kind} is about RTU framing (CRC, frame length), not Modbus TCP; use garbage"
+            )
         self.faults.set(unit, parsed)
 
     def info(self) -> dict[str, Any]:
@@ -234,6 +242,8 @@ class SimServer:
             return garbage_bytes(self.faults.rng, len(packet))
         if kind is FaultKind.BAD_CRC and not tcp:
             return packet[:-1] + bytes((packet[-1] ^ 0xFF,))
+        if kind in FRAME_KINDS and not tcp:
+            return self.faults.reply(fault, packet)
         if kind is FaultKind.INTERMITTENT and not self.faults.answers(fault):
             return b""
         return packet
@@ -343,8 +353,9 @@ async def serve_tcp(
 ) -> SimServer:
     """Serve ``devices`` over Modbus TCP on ``host:port`` (port 0: a free one).
 
-    Returns once the server listens; ``.port`` is the bound port. Supports every fault
-    but ``bad_crc``.
+    Returns once the server listens; ``.port`` is the bound port. Supports the faults
+    that make sense without RTU framing: not ``bad_crc``, ``wrong_unit``, ``truncated``,
+    ``overlong`` or ``late_echo``.
     """
     sim = SimServer("tcp", _by_unit(devices), faults or FaultTable())
     server = ModbusTcpServer(

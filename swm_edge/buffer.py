@@ -231,14 +231,18 @@ def _encode_points(points: Mapping[str, PointValue]) -> str:
 
 def _decode_points(text: str) -> dict[str, PointValue]:
     points: dict[str, PointValue] = {}
+    good = PointValue.good  # the fast constructor, for the usual case
     for name, item in json.loads(text).items():
         n = len(item)
-        points[name] = PointValue(
-            item[0],
-            _QUALITIES.get(item[2], item[2]) if n > 2 else _GOOD,
-            item[1] if n > 1 else None,
-            item[3] if n > 3 else None,
-        )
+        if n <= 2:
+            points[name] = good(item[0], item[1] if n > 1 else None)
+        else:
+            points[name] = PointValue(
+                item[0],
+                _QUALITIES.get(item[2], item[2]),
+                item[1],
+                item[3] if n > 3 else None,
+            )
     return points
 
 

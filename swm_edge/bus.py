@@ -8,6 +8,10 @@ the per-line pause between requests, and hands drivers a transport: a
 When the line fails (USB adapter unplugged, TCP reset) the bus closes it and reopens it in
 the background with exponential backoff and jitter; meanwhile reads fail fast with
 ``connection`` so devices get bad readings instead of waiting.
+
+Modbus RTU is framed by swm-edge itself (:class:`RtuLine`, ``backend: native``, decision
+0006); pymodbus (:class:`PymodbusLine`) is the Modbus TCP client and an RTU alternative,
+as is minimalmodbus (:class:`MinimalmodbusLine`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import termios
 import time
 from abc import ABC, abstractmethod
@@ -36,6 +41,17 @@ from swm_edge.driver import (
     SerialTransport,
 )
 from swm_edge.lograte import FailureLog
+from swm_edge.modbus.rtu import (
+    Answer,
+    Bad,
+    Expected,
+    Parse,
+    Pending,
+    Refused,
+    Verdict,
+    parse_answer,
+    read_request,
+)
 from swm_edge.modbus.timing import silent_interval
 from swm_edge.model import BusSpec, Table
 
@@ -97,7 +113,8 @@ _RX_TAIL_MAX = 512
 
 
 class PymodbusLine(ModbusLine):
-    """pymodbus' asyncio client, Modbus TCP or RTU over a serial port."""
+    """pymodbus' asyncio client: Modbus TCP, or RTU over a serial port with
+    ``backend: pymodbus`` (the RTU default is :class:`RtuLine`)."""
 
     def __init__(self, spec: BusSpec) -> None:
         super().__init__(spec)
@@ -382,6 +399,227 @@ class MinimalmodbusLine(ModbusLine):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def _check_read(function: int, address: int, count: int) -> tuple[int, int]:
+    """Address and count of the check request of a suspect exchange: the same read with
+    another answer length, so an answer to it can never pass for the real request's.
+
+    Registers: one fewer (a part of the block, no new address) or, for one register, two.
+    Bits: eight fewer or more, so the answer's byte count differs too.
+    """
+    if function in (3, 4):
+        return address, count - 1 if count > 1 else 2
+    return address, count - 8 if count > 8 else count + 8
+
+
+class RtuLine(ModbusLine):
+    """Modbus RTU framed by swm-edge itself (:mod:`swm_edge.modbus.rtu`) over pyserial.
+
+    Every exchange runs whole in one worker thread per line (as the other serial lines
+    here): flush what is queued on input (a late answer to an earlier request), write the
+    request, then read until :func:`~swm_edge.modbus.rtu.parse_answer` decides and the line
+    has been silent for t3.5 after it (the end of an RTU frame; bytes in that silence make
+    the frame over-long), or until the timeout. A thread rather than the loop's add_reader:
+    pyserial is blocking, an exchange needs a dozen waits of a few milliseconds that a
+    thread does without event-loop round trips, and the worker serialises use of the port
+    even when a cancelled poll leaves its exchange running to its (bounded) end.
+
+    Stale answers (RTU has no transaction id): after unit U timed out or gave a CRC error,
+    U is *suspect*, and the next exchange with U first sends a check request (the same
+    read with another answer length, see :func:`_check_read`), takes whatever comes until
+    the line is quiet (or the timeout: then that is the exchange's timeout, no second
+    request), waits t3.5 and sends the real request, whose answer is recognised by its
+    unit, function and byte count: a late answer to the check or to any earlier request of
+    another length is skipped. U stops being suspect after a valid answer. The cost: one
+    extra request (a few milliseconds) to a device after each of its timeouts or CRC errors.
+    A device that ignores the check request (a timeout on it) gets the real request twice
+    at its next exchange instead (first answer discarded), so it cannot be locked out.
+    """
+
+    def __init__(self, spec: BusSpec) -> None:
+        super().__init__(spec)
+        self._serial: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bus-{spec.id}")
+        self._silence = silent_interval(
+            baudrate=spec.baudrate,
+            parity=spec.parity,
+            stopbits=spec.stopbits,
+            bytesize=spec.bytesize,
+        )
+        # Suspect units: whether their next exchange starts with the check request (True)
+        # or with the real request sent twice (False, after a check went unanswered).
+        self._suspect: dict[int, bool] = {}
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except SERIAL_ERRORS as exc:  # pyserial's SerialException is an OSError
+            # The port is gone (adapter unplugged): closed now, so the bus sees the line
+            # down and every turn fails fast until it is reopened.
+            await self.close()
+            raise ConnectionLost(f"{self.spec.port}: {exc}") from exc
+
+    async def open(self) -> None:
+        await self.close()
+        import serial
+
+        port = self.spec.port or ""
+        if not os.path.exists(port):
+            raise ConnectionLost(f"serial port {port} is not present")
+
+        def _open() -> Any:
+            # timeout 0: reads return what has arrived; the exchange waits with select.
+            # exclusive: another program (or a scan) on the same line would garble it.
+            return serial.Serial(
+                port,
+                baudrate=self.spec.baudrate,
+                parity=self.spec.parity,
+                stopbits=self.spec.stopbits,
+                bytesize=self.spec.bytesize,
+                timeout=0,
+                exclusive=True,
+            )
+
+        try:
+            self._serial = await asyncio.get_running_loop().run_in_executor(self._executor, _open)
+        except SERIAL_ERRORS as exc:
+            raise ConnectionLost(f"cannot open {port}: {exc}") from exc
+        self._suspect.clear()
+
+    async def close(self) -> None:
+        ser, self._serial = self._serial, None
+        if ser is not None:
+            with contextlib.suppress(*SERIAL_ERRORS):
+                await asyncio.get_running_loop().run_in_executor(self._executor, ser.close)
+
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None and bool(self._serial.is_open)
+
+    def suspect(self, unit: int) -> bool:
+        """Whether the next exchange with ``unit`` starts with a check request."""
+        return unit in self._suspect
+
+    async def read_registers(
+        self, unit: int, table: Table, address: int, count: int, *, timeout: float
+    ) -> list[int]:
+        answer = await self._read(unit, 3 if table is Table.HOLDING else 4, address, count, timeout)
+        return list(answer.registers)
+
+    async def read_bits(
+        self, unit: int, table: Table, address: int, count: int, *, timeout: float
+    ) -> list[bool]:
+        answer = await self._read(unit, 1 if table is Table.COIL else 2, address, count, timeout)
+        return list(answer.bits)
+
+    async def _read(
+        self, unit: int, function: int, address: int, count: int, timeout: float
+    ) -> Answer:
+        ser = self._serial
+        if ser is None:
+            raise ConnectionLost(f"{self.spec.port} is not open")
+        try:
+            request = read_request(unit, function, address, count)
+        except ValueError as exc:
+            raise ReadError(str(exc)) from exc
+        expected = Expected(unit, function, count)
+        check: tuple[bytes, Expected] | None = None
+        check_kind = self._suspect.get(unit)
+        if check_kind is not None:
+            check = (request, expected)
+            if check_kind:
+                check_address, check_count = _check_read(function, address, count)
+                # At the top of the address space a longer read does not exist: there the
+                # check is the plain repeat.
+                with contextlib.suppress(ValueError):
+                    check = (
+                        read_request(unit, function, check_address, check_count),
+                        Expected(unit, function, check_count),
+                    )
+        result, received = await self._run(
+            lambda: self._transaction(ser, request, expected, timeout, check)
+        )
+        if result is None:
+            # The check went unanswered: a timeout; next time the other kind of check.
+            self._suspect[unit] = not check_kind
+            raise DeviceTimeout(f"no answer from unit {unit} within {timeout:g} s")
+        if isinstance(result, Answer | Refused):
+            self._suspect.pop(unit, None)
+            if result.skipped:
+                log.debug(
+                    "%s: skipped %d stale frame(s) before unit %d's answer",
+                    self.spec.port,
+                    result.skipped,
+                    unit,
+                )
+            if isinstance(result, Refused):
+                raise DeviceException(result.code)
+            return result
+        self._suspect[unit] = True
+        if isinstance(result, Bad):
+            raise CrcError(f"{received} bytes arrived but no valid answer: {result.reason}")
+        if result.verdict is Verdict.NOTHING:
+            raise DeviceTimeout(f"no answer from unit {unit} within {timeout:g} s")
+        if result.verdict is Verdict.STALE:
+            raise DeviceTimeout(
+                f"no answer from unit {unit} within {timeout:g} s ({result.detail})"
+            )
+        if result.verdict is Verdict.WRONG_UNIT:
+            raise CrcError(f"answer from the wrong unit: {result.detail}")
+        raise CrcError(f"{received} bytes arrived but no valid frame: {result.detail}")
+
+    def _transaction(
+        self,
+        ser: Any,
+        request: bytes,
+        expected: Expected,
+        timeout: float,
+        check: tuple[bytes, Expected] | None,
+    ) -> tuple[Parse | None, int]:
+        """The exchange, in the worker thread: ``(None, 0)`` when ``check`` was sent and
+        nothing at all came back."""
+        if check is not None:
+            _, received = self._exchange(ser, *check, timeout, settle=True)
+            if not received:
+                return None, 0
+            # The check's answer (or a stale one) is dropped; t3.5 before the next frame.
+            time.sleep(self._silence)
+        return self._exchange(ser, request, expected, timeout, settle=False)
+
+    def _exchange(
+        self, ser: Any, request: bytes, expected: Expected, timeout: float, *, settle: bool
+    ) -> tuple[Parse, int]:
+        """Send ``request`` and read what comes back: until an outcome and t3.5 of silence
+        after it, until the timeout, or (``settle``) until t3.5 of silence after any byte."""
+        ser.reset_input_buffer()
+        ser.write(request)
+        ser.flush()  # tcdrain: the timeout counts from the end of the request on the wire
+        buf = bytearray()
+        result: Parse = Pending(Verdict.NOTHING)
+        deadline = time.monotonic() + timeout
+        last = 0.0
+        while True:
+            if buf and (settle or not isinstance(result, Pending)):
+                # Bounded by the deadline too, so a line that never goes quiet (noise)
+                # cannot hold the exchange.
+                until = min(last, deadline) + self._silence
+            else:
+                until = deadline
+            wait = until - time.monotonic()
+            if wait <= 0:
+                return result, len(buf)
+            if not select.select([ser.fileno()], [], [], wait)[0]:
+                continue
+            chunk = ser.read(max(1, ser.in_waiting))
+            if chunk:
+                buf += chunk
+                last = time.monotonic()
+                result = parse_answer(bytes(buf), expected)
+
+    def shutdown(self) -> None:
+        """Stop the worker thread (after :meth:`close`)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 # The port's own read timeout: short, so a read can honour its caller's deadline without
 # reconfiguring the port for every call.
 SERIAL_POLL = 0.02
@@ -508,9 +746,13 @@ def make_line(spec: BusSpec) -> Line:
     """The line a bus spec asks for."""
     if spec.type in SERIAL_BUS_TYPES:
         return SerialPortLine(spec)
-    if spec.type == "modbus-rtu" and spec.backend == "minimalmodbus":
-        return MinimalmodbusLine(spec)
-    return PymodbusLine(spec)
+    if spec.type == "modbus-rtu":
+        if spec.backend == "minimalmodbus":
+            return MinimalmodbusLine(spec)
+        if spec.backend == "pymodbus":
+            return PymodbusLine(spec)
+        return RtuLine(spec)
+    return PymodbusLine(spec)  # Modbus TCP
 
 
 class _Guard:
@@ -551,25 +793,43 @@ class _Guard:
 
 
 class _GuardedModbus(_Guard):
-    """A :class:`ModbusTransport` over the bus's Modbus line."""
+    """A :class:`ModbusTransport` over the bus's Modbus line.
+
+    Once a request to a unit timed out, its further requests in the same turn are not
+    sent: they fail at once with :class:`DeviceTimeout`. A dead meter costs one timeout per
+    poll instead of one per block, and on RTU its late answer cannot meet a next request.
+    """
+
+    def __init__(self, bus: Bus, request_delay: float) -> None:
+        super().__init__(bus, request_delay)
+        self._silent: set[int] = set()  # units that timed out in this turn
+
+    async def _read(self, unit: int, call: Callable[[ModbusLine], Any]) -> Any:
+        if unit in self._silent:
+            raise DeviceTimeout(
+                f"not sent: unit {unit} did not answer the previous request of this turn"
+            )
+        line = self._bus.line
+        assert isinstance(line, ModbusLine)
+        try:
+            return await self._guard(lambda: call(line))
+        except DeviceTimeout:
+            self._silent.add(unit)
+            raise
 
     async def read_registers(
         self, unit: int, table: Table, address: int, count: int, *, timeout: float
     ) -> list[int]:
-        line = self._bus.line
-        assert isinstance(line, ModbusLine)
-        result: list[int] = await self._guard(
-            lambda: line.read_registers(unit, table, address, count, timeout=timeout)
+        result: list[int] = await self._read(
+            unit, lambda line: line.read_registers(unit, table, address, count, timeout=timeout)
         )
         return result
 
     async def read_bits(
         self, unit: int, table: Table, address: int, count: int, *, timeout: float
     ) -> list[bool]:
-        line = self._bus.line
-        assert isinstance(line, ModbusLine)
-        result: list[bool] = await self._guard(
-            lambda: line.read_bits(unit, table, address, count, timeout=timeout)
+        result: list[bool] = await self._read(
+            unit, lambda line: line.read_bits(unit, table, address, count, timeout=timeout)
         )
         return result
 
@@ -647,7 +907,7 @@ class Bus:
             self._opener = None
         async with self._lock:
             await self.line.close()
-        if isinstance(self.line, MinimalmodbusLine | SerialPortLine):
+        if isinstance(self.line, MinimalmodbusLine | RtuLine | SerialPortLine):
             self.line.shutdown()
 
     @contextlib.asynccontextmanager

@@ -411,7 +411,12 @@ async def _tcp_problem(host: str, port: int, timeout: float) -> str:
 
 
 class ScanLine(PymodbusLine):
-    """The agent's pymodbus line, plus Read Device Identification (43/14)."""
+    """The agent's pymodbus line, plus Read Device Identification (43/14).
+
+    Also on RTU, where the agent's default is its own framing (:class:`~swm_edge.bus.RtuLine`,
+    decision 0006): that framing covers the four reads only, and a 43/14 answer's length is
+    known only by walking its objects, which pymodbus does.
+    """
 
     async def read_device_identification(
         self, unit: int, read_code: int, object_id: int, *, timeout: float

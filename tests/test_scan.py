@@ -803,7 +803,8 @@ def test_raw_serial_scan_keeps_the_port_locked() -> None:
 
 
 def test_bus_spec_of_a_scan_is_the_agent_s() -> None:
-    # The scan's lines are the agent's: a ScanLine is a PymodbusLine on the same spec.
+    # The scan's lines are the agent's: a ScanLine is a PymodbusLine on the same spec (on
+    # RTU the agent's `backend: pymodbus` line; see ScanLine for why not the native one).
     spec = BusSpec(id="scan", type="modbus-tcp", host="127.0.0.1", timeout=1.0)
     line = ScanLine(spec)
     assert isinstance(line, scan.PymodbusLine) and line.spec is spec and not line.is_open

@@ -319,6 +319,16 @@ class MqttConfig(ConfigModel):
         le=1000,
         description="Messages published but not yet acknowledged, at most.",
     )
+    batch: StrictInt = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Readings of one device sent together in one message (a wire contract "
+        "`batch` message) when a backlog is delivered; 1 sends one message per reading. A "
+        "broker lets a client have only a few messages in flight (mosquitto: 20), so over a "
+        "slow link a backlog drains up to this many times faster. Payload json only; the "
+        "backend must read batch messages.",
+    )
     reconnect_min: FiniteFloat = Field(
         default=1.0,
         ge=0.1,
@@ -347,6 +357,10 @@ class MqttConfig(ConfigModel):
         if self.sparkplug is not None and self.payload != "sparkplug":
             raise field_error(
                 "sparkplug", f"sparkplug settings need payload: sparkplug, not {self.payload}"
+            )
+        if self.batch > 1 and self.payload != "json":
+            raise field_error(
+                "batch", f"batch messages are part of payload json, not {self.payload}"
             )
         if self.password_file is not None and self.password_env is not None:
             raise field_error("password_env", "give password_file or password_env, not both")
@@ -491,8 +505,12 @@ class RtuBusConfig(_SerialBusConfig):
         le=30,
         description="Seconds to wait for an answer (devices may override).",
     )
-    backend: Literal["pymodbus", "minimalmodbus"] = Field(
-        default="pymodbus", description="Modbus library driving the line."
+    backend: Literal["native", "pymodbus", "minimalmodbus"] = Field(
+        default="native",
+        description=(
+            "What frames Modbus RTU on the line: native (swm-edge's own framing, which "
+            "skips late answers of other requests), or the pymodbus or minimalmodbus library."
+        ),
     )
 
     def to_spec(self) -> BusSpec:

@@ -21,8 +21,8 @@ exception:4     exception:4      the device's own answer
 garbage         crc              bytes arrived but no frame with a valid CRC
 bad_crc         crc              the frame is there, its CRC is not
 wrong_unit      crc              a valid frame, but from another unit: not ours,
-                                 never taken as data (pymodbus skips it; the agent
-                                 times out having received bytes: ``crc``)
+                                 never taken as data (skipped; the agent times out
+                                 having received only that: ``crc``)
 truncated       crc              bytes arrived, the frame never completes
 overlong        crc              on RTU a frame ends with a silence; the bytes up to
                                  that silence carry no valid CRC as a whole
@@ -39,14 +39,18 @@ two devices in a slot, so the parametrized test leaves it out and three tests ma
 deterministic by choosing which unit's next request gets the echo (the sonde's: alone, or
 in one write with the sonde's answer; the pressure transmitter's own next request).
 
-Findings kept as strict xfails: a late foreign frame read together with the right answer
-swallows that answer; a late answer of the same unit is taken as the answer to its next
-block read. (An over-long frame used to be taken as good data; fixed in swm_edge.bus.)
+Two findings of this suite are fixed by the agent's own RTU framing (``backend: native``,
+swm_edge.modbus.rtu and swm_edge.bus.RtuLine): a late foreign frame read together with the
+right answer no longer swallows that answer (the foreign frame is skipped, parsing goes on
+after it), and a late answer of the same unit is no longer taken as the answer to its next
+block read (a timed-out device's further requests of a turn are not sent, and its next
+exchange starts with a check request whose answer has another length). An over-long frame
+is a ``crc`` (bytes right behind an answer make the frame on the wire longer).
 
 One agent, one broker and one site serve the whole module (start-up costs more than a
-case); each case clears the fault at its end. The fault kinds added to
-:mod:`swm_edge_hil.faults` for this issue (wrong_unit, truncated, overlong, late_echo) are
-applied by the relay through :func:`wire_frame_faults` until the relay applies them itself.
+case); each case clears the fault at its end. The relay applies every fault kind itself;
+where a held ``late_echo`` answer goes is set with
+:meth:`~swm_edge_hil.nullmodem.NullModem.echo_late`.
 """
 
 from __future__ import annotations
@@ -59,71 +63,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from swm_edge_hil.faults import FRAME_KINDS, FaultKind
 from swm_edge_hil.harness import GATEWAY, AgentProcess, SiteRunner, site_config
-from swm_edge_hil.nullmodem import NullModem
 from swm_edge_hil.site import DemoSite
 
 from swm_edge.testing import Mosquitto, MqttCollector, find_mosquitto
 
 INTERVAL = 0.5
 FAULTY, HEALTHY = "pressure-1", "quality-1"
-
-
-def wire_frame_faults(
-    line: NullModem, echo_to: set[int] | None = None, echo_with_answer: list[bool] | None = None
-) -> None:
-    """Make ``line`` apply the frame-rewriting kinds and ``late_echo``.
-
-    The relay (hil/nullmodem.py) applies the original kinds itself and passes a reply of
-    any other kind through unchanged; this wraps its reply and request hooks on one
-    instance: a FRAME_KINDS reply is rewritten with :meth:`FaultTable.reply`, a LATE_ECHO
-    reply is held (:meth:`FaultTable.hold`) and sent to the agent right after the next
-    request the relay frames, before that request's own answer. ``echo_to`` (a set the
-    caller may change while the line runs) limits the release to requests to those units;
-    empty or ``None``: any request. When ``echo_with_answer[0]`` is true the echo is
-    instead written together with the next bytes the relay sends the agent (that request's
-    answer), as when a late answer ends right where the next one begins on the wire.
-    """
-    merged = echo_with_answer if echo_with_answer is not None else [False]
-    queued: list[bytes] = []
-    send = line._send
-    reply, request = line._reply, line._request
-
-    def _reply(frame: bytes, now: float) -> None:
-        pending = line._pending
-        if pending is not None and pending.fault.kind in FRAME_KINDS:
-            line._pending = None
-            line.stats["corrupted"] += 1
-            line._send("agent", line.faults.reply(pending.fault, frame), now)
-        elif pending is not None and pending.fault.kind is FaultKind.LATE_ECHO:
-            line._pending = None
-            line.stats["delayed"] += 1
-            line.faults.hold(frame)
-        else:
-            reply(frame, now)
-
-    def _request(frame: bytes, now: float) -> None:
-        request(frame, now)
-        if echo_to and frame[0] not in echo_to:
-            return
-        held = line.faults.take_held()
-        if held is not None:
-            line.stats["echoed"] += 1
-            if merged[0]:
-                queued.append(held)
-            else:
-                line._send("agent", held, now)
-
-    def _send(side: str, data: bytes, now: float, *, delay: float = 0.0) -> None:
-        if side == "agent" and queued:
-            data = b"".join(queued) + data
-            queued.clear()
-        send(side, data, now, delay=delay)
-
-    line._reply = _reply  # type: ignore[method-assign]
-    line._request = _request  # type: ignore[method-assign]
-    line._send = _send  # type: ignore[method-assign]
 
 
 class Rig:
@@ -134,14 +80,13 @@ class Rig:
         self.runner = SiteRunner(tick=0, serial_link=tmp / "by-id" / "usb-rs485-if00")
         self.site: DemoSite = self.runner.site
         self.site.freeze()
-        #: units whose next request gets a held late_echo answer (empty: any unit)
-        self.echo_to: set[int] = set()
-        #: [True]: a late_echo answer goes out in one write with the next answer
-        self.echo_with_answer = [False]
-        wire_frame_faults(self.site.null_modem, self.echo_to, self.echo_with_answer)
         self.sub = MqttCollector(self.broker.host, self.broker.port, f"swm/{GATEWAY}/+/telemetry")
         self.sub.wait_subscribed()
-        self.agent = AgentProcess(site_config(tmp, self.broker, self.site, interval=INTERVAL))
+        # The RTU framing under test is the agent's own (the default backend, named here
+        # because the harness's default is another one).
+        self.agent = AgentProcess(
+            site_config(tmp, self.broker, self.site, interval=INTERVAL, backend="native")
+        )
 
     def docs(self, device: str, since: float = 0.0) -> list[dict[str, Any]]:
         return [
@@ -272,15 +217,15 @@ def assert_healthy(rig: Rig, healthy: list[dict[str, Any]]) -> None:
         ("bad_crc", "crc"),
         ("wrong_unit", "crc"),
         ("truncated", "crc"),
-        # used to be taken as good data (pymodbus drops trailing bytes unseen); the bus now
-        # counts the bytes of the answer
+        # the answer followed by bytes with no silence between: an RTU frame ends with a
+        # silence, so the bytes up to it are one over-long frame (swm_edge.modbus.rtu)
         ("overlong", "crc"),
         ("late:0.4", "timeout"),
         ("intermittent:0.5", "timeout"),
     ],
 )
 def test_one_faulty_device_on_a_shared_line(rig: Rig, fault: str, reason: str) -> None:
-    rig.echo_to.clear()
+    rig.site.null_modem.echo_late()
     faulty, healthy = run_fault(rig, fault)
     served = rig.site.pressure.values()
     # never a value taken from a broken answer
@@ -296,69 +241,48 @@ def test_one_faulty_device_on_a_shared_line(rig: Rig, fault: str, reason: str) -
 
 def test_late_echo_before_another_units_request_is_skipped(rig: Rig) -> None:
     """The pressure transmitter answers too late; its answer reaches the agent alone,
-    right after the agent sent the sonde's request: pymodbus' framer skips a frame from
-    another device id and keeps waiting, so the sonde is not disturbed.
-
-    Only when the agent's read returns the late frame on its own; the next test is the
-    case where it comes in one piece with the sonde's answer.
-    """
-    rig.echo_to.clear()
-    rig.echo_to.add(2)
-    rig.echo_with_answer[0] = False
+    right after the agent sent the sonde's request: the sonde's read skips a valid frame
+    of another unit and keeps reading, so the sonde is not disturbed."""
+    rig.site.null_modem.echo_late([2])
     try:
         # a timed-out poll (0.3 s + the 50 ms quiet time) and the sonde's read share a
         # 0.5 s slot: on a busy machine the pair may overrun it, a counted, skipped slot
         faulty, healthy = run_fault(rig, "late_echo", every_slot=False)
     finally:
-        rig.echo_to.clear()
+        rig.site.null_modem.echo_late()
     assert all(all_bad(d, "timeout") for d in faulty), [d["readings"] for d in faulty]
-    # The sonde's slots: on a busy machine the agent may read the echo and the sonde's
-    # answer in one go, the swallowed-answer finding (strict xfail below); so here only:
-    # whatever the sonde published is its own data or an explained bad reading.
-    assert all(all_good(d) or all_bad(d, "crc") for d in healthy), healthy
+    assert all(all_good(d) for d in healthy), [d["readings"] for d in healthy]
+    served = rig.site.sonde.values()
+    assert not [wrong_values(d, served) for d in healthy if wrong_values(d, served)]
 
 
-SWALLOWED = (
-    "a late answer of unit 1 directly followed by unit 2's own answer (one read on the "
-    "agent's side) fails unit 2's read with 'crc': pymodbus' RTU framer "
-    "(FramerRTU.decode) reports the whole receive buffer as used once it finds one valid "
-    "frame, so after skipping the foreign frame the right answer behind it is dropped; "
-    "the healthy sonde gets bad readings because of the pressure transmitter. Same root "
-    "cause as the over-long frame finding."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=SWALLOWED)
 def test_late_echo_with_another_units_answer(rig: Rig) -> None:
-    rig.echo_to.clear()
-    rig.echo_to.add(2)
-    rig.echo_with_answer[0] = True
+    """The pressure transmitter's late answer and the sonde's own answer arrive in one
+    read: the foreign frame is skipped and the sonde's answer behind it is found.
+
+    (pymodbus' RTU framer reports the whole receive buffer as used once it finds one valid
+    frame, so with ``backend: pymodbus`` the answer behind the skipped frame is dropped and
+    the healthy sonde gets ``crc``.)"""
+    rig.site.null_modem.echo_late([2], with_answer=True)
     try:
         faulty, healthy = run_fault(rig, "late_echo")
     finally:
-        rig.echo_to.clear()
-        rig.echo_with_answer[0] = False
+        rig.site.null_modem.echo_late()
     assert all(all_bad(d, "timeout") for d in faulty), [d["readings"] for d in faulty]
     assert_healthy(rig, healthy)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a device answering later than timeout + 50 ms has its late answer to one block "
-        "read taken as the answer to its next block read (same unit, function and byte "
-        "count: RTU has no transaction id): pressure and pressure_2 are published, with "
-        "good quality, as temperature_t and temperature"
-    ),
-)
 def test_late_echo_into_the_same_units_next_request(rig: Rig) -> None:
-    """The pressure transmitter's late answer lands in its own next request."""
-    rig.echo_to.clear()
-    rig.echo_to.add(1)
+    """The pressure transmitter's late answer lands in its own next request (same unit,
+    function and byte count: RTU has no transaction id). Its further requests of a turn
+    are not sent after a timeout, and its next exchange starts with a check request of
+    another answer length (swm_edge.bus.RtuLine): the late answers are recognised and
+    skipped, so no value is ever taken from an answer to another request."""
+    rig.site.null_modem.echo_late([1])
     try:
         faulty, healthy = run_fault(rig, "late_echo")
     finally:
-        rig.echo_to.clear()
+        rig.site.null_modem.echo_late()
     served = rig.site.pressure.values()
     wrong = [wrong_values(d, served) for d in faulty if wrong_values(d, served)]
     assert not wrong, wrong

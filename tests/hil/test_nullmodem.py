@@ -205,3 +205,48 @@ def test_unplug_and_replug_under_a_stable_link(tmp_path: Path) -> None:
         assert not os.path.lexists(link)  # closing removes the link
 
     run(scenario())
+
+
+def test_frame_kinds_rewrite_the_reply(raw_line: tuple[NullModem, int, int]) -> None:
+    line, agent, device = raw_line
+    line.set_fault(1, "wrong_unit:5")
+    assert transact(agent, device) == with_crc(b"\x05" + REPLY[1:-2])
+    line.set_fault(1, "truncated:2")
+    assert transact(agent, device) == REPLY[:-2]
+    line.set_fault(1, "overlong:4")
+    long = transact(agent, device)
+    assert long[: len(REPLY)] == REPLY and len(long) == len(REPLY) + 4 and not check_crc(long)
+    assert line.stats["corrupted"] == 3
+
+
+OTHER = read_request(2, 3, 0, 1)  # a request to unit 2
+OTHER_REPLY = with_crc(bytes((2, 3, 2, 0, 7)))
+
+
+def other_transact(agent: int, device: int) -> bytes:
+    os.write(agent, OTHER)
+    assert read_for(device, 1.0, len(OTHER)) == OTHER
+    os.write(device, OTHER_REPLY)
+    return read_for(agent, 0.15)
+
+
+def test_late_echo_goes_out_after_the_next_request(raw_line: tuple[NullModem, int, int]) -> None:
+    """A late_echo reply is held, then sent right after the next request the relay frames:
+    to any unit, only to chosen units, or in one write with that request's answer."""
+    line, agent, device = raw_line
+    line.set_fault(1, "late_echo")
+    assert transact(agent, device) == b""  # held
+    assert other_transact(agent, device) == REPLY + OTHER_REPLY  # released to any unit
+    assert transact(agent, device) == b""
+    line.echo_late([1])  # only before requests to unit 1
+    assert other_transact(agent, device) == OTHER_REPLY
+    # unit 1's next request gets the echo; its own answer is held in turn
+    assert transact(agent, device) == REPLY
+    line.echo_late([2], with_answer=True)
+    assert other_transact(agent, device) == REPLY + OTHER_REPLY
+    assert ("to_agent", REPLY + OTHER_REPLY) in line.trace  # one write
+    line.set_fault(1, None)
+    line.echo_late()
+    assert line.faults.take_held() is None
+    assert transact(agent, device) == REPLY
+    assert line.stats["echoed"] == 3 and line.stats["delayed"] == 3

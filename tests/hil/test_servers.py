@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -16,6 +18,7 @@ from swm_edge_hil.clients import ExceptionAnswer, read_point, read_points, read_
 from swm_edge_hil.devices import SimulatedDevice
 from swm_edge_hil.faults import FaultTable
 from swm_edge_hil.nullmodem import NullModem
+from swm_edge_hil.rtu import check_crc, read_request, with_crc
 from swm_edge_hil.servers import serve_rtu, serve_tcp
 
 from swm_edge.modbus.codec import decode, scale_value
@@ -237,5 +240,51 @@ def test_rtu_server_side_faults_without_a_relay(tmp_path: Path) -> None:
             finally:
                 c.close()
                 await server.stop()
+
+    run(scenario())
+
+
+def test_rtu_server_rewrites_frames_and_refuses_what_it_cannot_apply() -> None:
+    """wrong_unit, truncated and overlong on serve_rtu, seen as raw bytes on the line;
+    late_echo (the relay's) and the RTU framing kinds on TCP are refused."""
+
+    async def scenario() -> None:
+        level = SimulatedDevice("keller-series30", unit=1, start=T0, frozen=True)
+        request = read_request(1, 3, 2, 2)
+        with NullModem() as line:
+            server = await serve_rtu(level, line.device_port)
+            agent = os.open(line.agent_port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+
+            async def answer() -> bytes:
+                os.write(agent, request)
+                data, deadline = b"", time.monotonic() + TIMEOUT
+                while time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                    with contextlib.suppress(BlockingIOError):
+                        data += os.read(agent, 512)
+                return data
+
+            try:
+                good = await answer()
+                assert check_crc(good) and len(good) == 9
+                server.set_fault(1, "wrong_unit:9")
+                assert await answer() == with_crc(b"\x09" + good[1:-2])
+                server.set_fault(1, "truncated:2")
+                assert await answer() == good[:-2]
+                server.set_fault(1, "overlong:3")
+                long = await answer()
+                assert long[:9] == good and len(long) == 12 and not check_crc(long)
+                with pytest.raises(ValueError, match="late_echo"):
+                    server.set_fault(1, "late_echo")
+            finally:
+                os.close(agent)
+                await server.stop()
+        tcp = await serve_tcp(level)
+        try:
+            for kind in ("bad_crc", "wrong_unit", "truncated", "overlong", "late_echo"):
+                with pytest.raises(ValueError):
+                    tcp.set_fault(1, kind)
+        finally:
+            await tcp.stop()
 
     run(scenario())
