@@ -303,6 +303,28 @@ def _minimalmodbus_exception_code(message: str) -> int:
     return int(tail) if tail.isdigit() else 4
 
 
+def _serial_port(spec: BusSpec, *, timeout: float, exclusive: bool = False) -> Any:
+    """Open ``spec``'s serial port (blocking: call it in the line's worker thread).
+
+    Raises :class:`ConnectionLost` when the device node is missing (adapter unplugged);
+    pyserial's own errors (:data:`SERIAL_ERRORS`) pass through.
+    """
+    import serial
+
+    port = spec.port or ""
+    if not os.path.exists(port):
+        raise ConnectionLost(f"serial port {port} is not present")
+    return serial.Serial(
+        port,
+        baudrate=spec.baudrate,
+        parity=spec.parity,
+        stopbits=spec.stopbits,
+        bytesize=spec.bytesize,
+        timeout=timeout,
+        exclusive=exclusive or None,
+    )
+
+
 class MinimalmodbusLine(ModbusLine):
     """minimalmodbus (synchronous RTU) run in one worker thread per line."""
 
@@ -316,26 +338,12 @@ class MinimalmodbusLine(ModbusLine):
 
     async def open(self) -> None:
         await self.close()
-        import serial
-
-        port = self.spec.port or ""
-        if not os.path.exists(port):
-            raise ConnectionLost(f"serial port {port} is not present")
-
-        def _open() -> Any:
-            return serial.Serial(
-                port,
-                baudrate=self.spec.baudrate,
-                parity=self.spec.parity,
-                stopbits=self.spec.stopbits,
-                bytesize=self.spec.bytesize,
-                timeout=self.spec.timeout,
-            )
-
         try:
-            self._serial = await self._run(_open)
+            self._serial = await self._run(
+                lambda: _serial_port(self.spec, timeout=self.spec.timeout)
+            )
         except SERIAL_ERRORS as exc:
-            raise ConnectionLost(f"cannot open {port}: {exc}") from exc
+            raise ConnectionLost(f"cannot open {self.spec.port}: {exc}") from exc
 
     async def close(self) -> None:
         ser, self._serial = self._serial, None
@@ -460,29 +468,14 @@ class RtuLine(ModbusLine):
 
     async def open(self) -> None:
         await self.close()
-        import serial
-
-        port = self.spec.port or ""
-        if not os.path.exists(port):
-            raise ConnectionLost(f"serial port {port} is not present")
-
-        def _open() -> Any:
-            # timeout 0: reads return what has arrived; the exchange waits with select.
-            # exclusive: another program (or a scan) on the same line would garble it.
-            return serial.Serial(
-                port,
-                baudrate=self.spec.baudrate,
-                parity=self.spec.parity,
-                stopbits=self.spec.stopbits,
-                bytesize=self.spec.bytesize,
-                timeout=0,
-                exclusive=True,
-            )
-
+        # timeout 0: reads return what has arrived; the exchange waits with select.
+        # exclusive: another program (or a scan) on the same line would garble it.
         try:
-            self._serial = await asyncio.get_running_loop().run_in_executor(self._executor, _open)
+            self._serial = await asyncio.get_running_loop().run_in_executor(
+                self._executor, lambda: _serial_port(self.spec, timeout=0, exclusive=True)
+            )
         except SERIAL_ERRORS as exc:
-            raise ConnectionLost(f"cannot open {port}: {exc}") from exc
+            raise ConnectionLost(f"cannot open {self.spec.port}: {exc}") from exc
         self._suspect.clear()
 
     async def close(self) -> None:
@@ -658,21 +651,7 @@ class SerialPortLine(Line):
 
     async def open(self) -> None:
         await self.close()
-        import serial
-
-        port = self.spec.port or ""
-        if not os.path.exists(port):
-            raise ConnectionLost(f"serial port {port} is not present")
-        self._serial = await self._run(
-            lambda: serial.Serial(
-                port,
-                baudrate=self.spec.baudrate,
-                parity=self.spec.parity,
-                stopbits=self.spec.stopbits,
-                bytesize=self.spec.bytesize,
-                timeout=SERIAL_POLL,
-            )
-        )
+        self._serial = await self._run(lambda: _serial_port(self.spec, timeout=SERIAL_POLL))
 
     async def close(self) -> None:
         ser, self._serial = self._serial, None
