@@ -22,6 +22,7 @@ from swm_edge.buffer import (
     purge_file,
 )
 from swm_edge.model import PointValue, Reading, Reason
+from swm_edge.testing import unavailable
 
 MiB = 1024 * 1024
 WRITER = Path(__file__).with_name("buffer_writer_proc.py")
@@ -182,7 +183,7 @@ def test_copy_in_a_read_only_folder_is_readable(read_only_folder: Path, stored: 
     copy = read_only_folder / "copy.sqlite"
     shutil.copyfile(stored, copy)
     if not _chattr(read_only_folder, "+i"):
-        pytest.skip("chattr +i is not available here (needs ext4 and CAP_LINUX_IMMUTABLE)")
+        unavailable("chattr +i is not available here (needs ext4 and CAP_LINUX_IMMUTABLE)")
     with pytest.raises(OSError):
         (read_only_folder / "probe").touch()  # the folder really is read-only
     with BufferReader(copy) as reader:
