@@ -35,12 +35,11 @@ import itertools
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from swm_edge_hil.harness import GATEWAY, AgentProcess, site_config
+from swm_edge_hil.harness import GATEWAY, site_config
 from swm_edge_hil.site import DemoSite
 
 from swm_edge.testing import Mosquitto, unavailable
@@ -76,22 +75,6 @@ _time.sleep = _sleep
 def _needs_libfaketime() -> None:
     if not LIBFAKETIME.exists():
         unavailable("libfaketime not installed (apt-get install faketime)")
-
-
-@pytest.fixture
-def run_agent() -> Iterator[Callable[..., AgentProcess]]:
-    """``start(config, **options) -> AgentProcess``; killed at teardown if still running."""
-    started: list[AgentProcess] = []
-
-    def start(config: Path, **options: Any) -> AgentProcess:
-        agent = AgentProcess(config, **options)
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        if agent.proc.poll() is None:
-            agent.kill()
 
 
 def faked_env(tmp_path: Path) -> tuple[dict[str, str], Path]:

@@ -13,26 +13,16 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from swm_edge_hil.harness import GATEWAY, AgentProcess, site_config, telemetry
 from swm_edge_hil.site import DemoSite
 
 from swm_edge.buffer import Buffer
 from swm_edge.model import PointValue, Reading
 from swm_edge.testing import Mosquitto, MqttCollector, unavailable, wait_until
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        if agent.proc.poll() is None:
-            agent.kill()
 
 
 def mount(*args: str) -> None:
@@ -74,7 +64,7 @@ def test_disk_full_then_room_again(
     site: DemoSite,
     mosquitto: Mosquitto,
     mqtt_collector: Any,
-    agents: list[AgentProcess],
+    run_agent: Callable[..., AgentProcess],
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -82,8 +72,7 @@ def test_disk_full_then_room_again(
     try:
         sub = mqtt_collector(mosquitto, f"swm/{GATEWAY}/#")
         config = config_in(tmp_path, data, mosquitto, site)
-        agent = AgentProcess(config)
-        agents.append(agent)
+        agent = run_agent(config)
         wait_until(lambda: len(seqs(sub)) >= 3, 20, "first readings")
         # fill the disk to the last byte
         filler = data / "filler"
@@ -134,7 +123,7 @@ def test_a_damaged_buffer_is_moved_aside_and_numbering_goes_on(
     site: DemoSite,
     mosquitto: Mosquitto,
     mqtt_collector: Any,
-    agents: list[AgentProcess],
+    run_agent: Callable[..., AgentProcess],
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -149,8 +138,7 @@ def test_a_damaged_buffer_is_moved_aside_and_numbering_goes_on(
         f.write(os.urandom(size - size // 2))
     sub = mqtt_collector(mosquitto, f"swm/{GATEWAY}/+/telemetry")
     config = config_in(tmp_path, data, mosquitto, site)
-    agent = AgentProcess(config)
-    agents.append(agent)
+    agent = run_agent(config)
     wait_until(lambda: len(seqs(sub)) >= 6, 30, "readings from a new buffer")
     assert agent.stop() == 0
     aside = [p.name for p in data.iterdir() if ".damaged-" in p.name]
@@ -167,7 +155,7 @@ def test_a_read_only_data_folder_holds_readings_until_it_is_writable(
     site: DemoSite,
     mosquitto: Mosquitto,
     mqtt_collector: Any,
-    agents: list[AgentProcess],
+    run_agent: Callable[..., AgentProcess],
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -176,8 +164,7 @@ def test_a_read_only_data_folder_holds_readings_until_it_is_writable(
         mount("-o", "remount,bind,ro", str(data))
         sub = mqtt_collector(mosquitto, f"swm/{GATEWAY}/+/telemetry")
         config = config_in(tmp_path, data, mosquitto, site)
-        agent = AgentProcess(config)
-        agents.append(agent)
+        agent = run_agent(config)
         wait_until(
             lambda: (
                 (tmp_path / "status.sock").exists()

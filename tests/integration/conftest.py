@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from swm_edge_hil.harness import AgentProcess, SiteRunner
+from swm_edge_hil.harness import SiteRunner
 from swm_edge_hil.site import DemoSite
 
 
@@ -21,20 +20,3 @@ def site(tmp_path: Path) -> Iterator[DemoSite]:
         yield runner.site
     finally:
         runner.close()
-
-
-@pytest.fixture
-def run_agent() -> Iterator[Callable[..., AgentProcess]]:
-    """``start(config, **options) -> AgentProcess``; anything still running at teardown is
-    killed."""
-    started: list[AgentProcess] = []
-
-    def start(config: Path, **options: Any) -> AgentProcess:
-        agent = AgentProcess(config, **options)
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        if agent.proc.poll() is None:
-            agent.kill()
