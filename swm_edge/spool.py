@@ -71,10 +71,7 @@ class Spool:
         self._hold_max = hold_max
         self._failures = FailureLog(log, "buffer")
         self._retry = 1.0
-        self._last_seq = 0
         self._recent: list[Row] = []  # the last commit's rows, for caught-up publishers
-        #: The seq of the last reading this process committed (0: none yet).
-        self.last_committed = 0
         #: Changes when a new buffer replaced a damaged one: publishers start over.
         self.epoch = 0
 
@@ -201,8 +198,6 @@ class Spool:
         self._retry = 1.0
         self.committed += len(batch)
         self._recent = [Row(seq, reading) for seq, reading in zip(seqs, batch, strict=True)]
-        if seqs:
-            self.last_committed = seqs[-1]
         for event in self._listeners:
             event.set()
 
@@ -212,7 +207,7 @@ class Spool:
         if self._buffer is None:
             self._buffer = self._open_buffer(False)
         try:
-            seqs = self._buffer.append(batch)
+            return self._buffer.append(batch)
         except BufferFileError as exc:
             if not exc.damaged:
                 raise
@@ -221,12 +216,9 @@ class Spool:
                 self._buffer.close()
             self._buffer = None
             self._buffer = self._open_buffer(True)
-            self._buffer.raise_seq_floor(self._last_seq)
+            self._buffer.raise_seq_floor(self.last_committed)
             self.epoch += 1
-            seqs = self._buffer.append(batch)
-        if seqs:
-            self._last_seq = seqs[-1]
-        return seqs
+            return self._buffer.append(batch)
 
     async def drain(self) -> None:
         """Commit everything still queued (on shutdown, after polling stopped)."""
@@ -239,6 +231,11 @@ class Spool:
                     "buffer: %d readings held in memory could not be written before the stop",
                     len(self._held),
                 )
+
+    @property
+    def last_committed(self) -> int:
+        """The seq of the last reading this process committed (0: none yet)."""
+        return self._recent[-1].seq if self._recent else 0
 
     def committed_after(self, seq: int) -> list[Row]:
         """The rows of the last commit when they directly follow ``seq`` (a publisher that
